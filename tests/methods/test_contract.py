@@ -1,0 +1,128 @@
+"""The contract battery, generated from the registry: every registered method must pass every test here."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from peftlab.methods import NotMergeableError, get_method, list_methods
+from peftlab.methods.base import AdapterLayer
+from peftlab.methods.inject import (
+    SHARED,
+    head_parameters,
+    load_trainable_state_dict,
+    merge_and_unload,
+    trainable_state_dict,
+)
+from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit
+
+METHODS = list_methods()
+
+
+def adapted(name: str, seed: int = 0):
+    base = tiny_vit(seed=seed)
+    model = get_method(name)().apply(copy.deepcopy(base))
+    return base, model.eval()
+
+
+def method_parameter_ids(model) -> set[int]:
+    ids = {id(p) for m in model.modules() if isinstance(m, AdapterLayer) for p in m.adapter_parameters()}
+    if hasattr(model, SHARED):
+        ids |= {id(p) for p in getattr(model, SHARED).parameters()}
+    return ids
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_identity_at_init(name):
+    base, model = adapted(name)
+    x = images()
+    same = torch.allclose(model(x), base(x), atol=ATOL, rtol=RTOL)
+    assert same == get_method(name).identity_at_init, (
+        f"{name}: identity_at_init={get_method(name).identity_at_init} but output "
+        f"{'equals' if same else 'differs from'} the base model at init"
+    )
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_merge_equivalence(name):
+    base, model = adapted(name)
+    perturb(model)
+    x = images()
+    with torch.no_grad():
+        expected = model(x)
+    if not get_method(name).mergeable:
+        with pytest.raises(NotMergeableError, match="cannot be merged"):
+            merge_and_unload(model)
+        return
+    merged = merge_and_unload(model)
+    assert not any(isinstance(m, AdapterLayer) for m in merged.modules()), "merged model still has adapter layers"
+    assert type(merged) is type(base)
+    assert [n for n, _ in merged.named_parameters()] == [n for n, _ in base.named_parameters()], (
+        "merged model must have exactly the plain timm parameter layout"
+    )
+    with torch.no_grad():
+        out = merged(x)
+        torch.testing.assert_close(out, expected, atol=ATOL, rtol=RTOL)
+        assert not torch.allclose(out, base(x), atol=1e-4), "perturbed method should change the output"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_only_method_parameters_train(name):
+    base, model = adapted(name)
+    perturb(model)
+    cls = get_method(name)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    expected = method_parameter_ids(model) | {id(p) for p in head_parameters(model).parameters()}
+    if cls.base_trainable:
+        import fnmatch
+
+        expected |= {
+            id(p) for n, p in model.named_parameters() if any(fnmatch.fnmatchcase(n, pat) for pat in cls.base_trainable)
+        }
+    assert trainable == expected
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    target = torch.tensor([0, 1, 2])
+    for step in range(3):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(images(seed=step)), target)
+        loss.backward()
+        if step == 0:
+            for n, p in model.named_parameters():
+                if p.requires_grad:
+                    assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: {n} got no gradient"
+                    assert p.grad.abs().sum() > 0, f"{name}: {n} got an all-zero gradient"
+        opt.step()
+    for n, p in model.named_parameters():
+        if n in frozen_before:
+            assert torch.equal(p, frozen_before[n]), f"{name}: frozen parameter {n} changed"
+        else:
+            assert not torch.equal(p, trained_before[n]), f"{name}: trainable parameter {n} did not change"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_trainable_state_dict_round_trip(name):
+    _, model = adapted(name)
+    perturb(model)
+    state = trainable_state_dict(model)
+    assert state and all(not v.requires_grad for v in state.values())
+    _, fresh = adapted(name)
+    load_trainable_state_dict(fresh, state)
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
+    with pytest.raises(KeyError, match="does not match"):
+        load_trainable_state_dict(fresh, {**state, "not.a.key": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_documents_its_paper(name):
+    import inspect
+
+    module = inspect.getmodule(get_method(name))
+    assert module.__doc__ and len(module.__doc__) > 40, f"{module.__name__} needs a docstring naming the paper"
+    assert get_method(name).__doc__, f"{name} config needs a docstring"
