@@ -1,0 +1,162 @@
+"""The fast path for small datasets: decode once into a uint8 tensor cache and serve batches from it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from peftlab.data.images import decode_resized_uint8, normalize_uint8
+from peftlab.data.splits import LabeledImages
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES = ("none", "memory", "disk")
+CACHE_FORMAT_VERSION = "peftlab-uint8-cache-v1"
+CACHE_DIR_NAME = ".peftlab_cache"
+
+
+def cache_nbytes(num_images: int, image_size: int) -> int:
+    """Bytes a uint8 cache of ``num_images`` RGB images of ``image_size``² takes."""
+    return num_images * 3 * image_size * image_size
+
+
+def cache_key(images: LabeledImages, image_size: int, interpolation: str) -> str:
+    """Content hash of the split files, each image's size and mtime, and the resize settings."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT_VERSION}|{image_size}|{interpolation}".encode())
+    for source in images.sources:
+        digest.update(source.read_bytes())
+    for path in images.paths:
+        stat = path.stat()
+        digest.update(f"|{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def decode_all(images: LabeledImages, image_size: int, interpolation: str, workers: int = 4,
+               progress: bool = True) -> torch.Tensor:
+    """Decodes and resizes every image (threads; PIL releases the GIL) into one (N, 3, S, S) uint8 tensor."""
+    from tqdm.auto import tqdm
+
+    cache = torch.empty((len(images), 3, image_size, image_size), dtype=torch.uint8)
+
+    def fill(index: int) -> None:
+        cache[index] = decode_resized_uint8(images.paths[index], image_size, interpolation)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        done = pool.map(fill, range(len(images)))
+        if progress:
+            done = tqdm(done, total=len(images), desc=f"caching {images.name} ({image_size}px)", leave=False)
+        for _ in done:
+            pass
+    return cache
+
+
+def load_or_build_cache(images: LabeledImages, image_size: int, interpolation: str, mode: str,
+                        cache_dir: Path | None = None, workers: int = 4,
+                        progress: bool = True) -> tuple[torch.Tensor, str]:
+    """Returns the uint8 cache of a split and where it came from (``memory`` or the ``.pt`` file path).
+
+    With ``mode="disk"`` the cache is read from (or written to) ``cache_dir`` as a ``.pt`` file named by
+    :func:`cache_key`, so any change to the split file, an image or the resize settings builds a new one.
+    """
+    if mode == "memory" or cache_dir is None:
+        return decode_all(images, image_size, interpolation, workers, progress), "memory"
+    key = cache_key(images, image_size, interpolation)
+    path = cache_dir / f"{images.name}-{image_size}px-{interpolation}-{key[:16]}.pt"
+    if path.is_file():
+        stored = torch.load(path, mmap=True, weights_only=True)
+        if stored.shape == (len(images), 3, image_size, image_size) and stored.dtype == torch.uint8:
+            return stored, str(path)
+        log.warning("ignoring cache %s: unexpected shape %s", path, tuple(stored.shape))
+    cache = decode_all(images, image_size, interpolation, workers, progress)
+    try:
+        _save_atomically(cache, path)
+    except OSError as error:
+        log.warning("could not write the data cache %s (%s); keeping it in memory only", path, error)
+        return cache, "memory"
+    return cache, str(path)
+
+
+def _save_atomically(tensor: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    torch.save(tensor, partial)
+    os.replace(partial, path)
+
+
+class CachedBatchLoader:
+    """Iterates (images, labels) batches from a uint8 cache, like a DataLoader over it.
+
+    Batches are gathered by index, optionally flipped per sample, converted to float and normalised on the cache's
+    device, so a cache on the GPU yields GPU batches. Under ``torch.distributed`` each rank takes a padded,
+    disjoint share of the same permutation, as ``DistributedSampler`` does.
+
+    Args:
+        images: uint8 tensor (N, 3, H, W), on any device.
+        labels: int64 tensor (N,).
+        batch_size: Samples per batch.
+        mean: Per-channel mean (3 values).
+        std: Per-channel std (3 values).
+        shuffle: Draw a new permutation every epoch.
+        drop_last: Drop the last incomplete batch.
+        hflip: Flip each sample horizontally with probability 0.5.
+        seed: Seed of the loader's generator; defaults to ``torch.initial_seed()`` (set by ``seed_everything``).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std,
+                 shuffle: bool = False, drop_last: bool = False, hflip: bool = False, seed: int | None = None):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"expected uint8 images (N,3,H,W) and N labels, got {images.shape} {labels.shape}")
+        self.images = images
+        self.labels = labels.to(device=images.device, dtype=torch.int64)
+        self.batch_size = batch_size
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1)
+        self.shuffle, self.drop_last, self.hflip = shuffle, drop_last, hflip
+        self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
+
+    def __len__(self) -> int:
+        samples = self._samples_per_rank()
+        return samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
+
+    def __iter__(self):
+        order = self._rank_order()
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            if self.drop_last and len(index) < self.batch_size:
+                return
+            yield self._batch(index)
+
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = index.to(self.images.device)
+        images = self.images[index]
+        if self.hflip:
+            flip = (torch.rand(len(index), generator=self.generator) < 0.5).to(images.device)
+            images[flip] = images[flip].flip(-1)
+        return normalize_uint8(images, self.mean, self.std), self.labels[index]
+
+    def _rank_order(self) -> torch.Tensor:
+        count = len(self.images)
+        order = torch.randperm(count, generator=self.generator) if self.shuffle else torch.arange(count)
+        rank, world = _rank_and_world()
+        if world == 1:
+            return order
+        padded = self._samples_per_rank() * world
+        order = torch.cat([order, order[: padded - count]])
+        return order[rank::world]
+
+    def _samples_per_rank(self) -> int:
+        _, world = _rank_and_world()
+        return math.ceil(len(self.images) / world)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

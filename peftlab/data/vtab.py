@@ -1,0 +1,162 @@
+"""VTAB-1k in the NOAH layout: ``<root>/<task>/{train800,val200,train800val200,test}.txt`` + ``images/``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from peftlab.data.base import INCEPTION_MEAN_STD, ImageClassificationDataModule
+from peftlab.data.cache import CACHE_DIR_NAME, CACHE_MODES, CachedBatchLoader, cache_nbytes, load_or_build_cache
+from peftlab.data.catalog import DEMO_TASK, VTAB_TASKS, TaskSpec, find_spec
+from peftlab.data.demo import make_demo_dataset
+from peftlab.data.splits import (
+    VTAB_EXPECTED_COUNTS,
+    VTAB_PROTOCOL,
+    VTAB_SOURCE_FIX,
+    LabeledImages,
+    find_task_dir,
+    read_txt_split,
+)
+from peftlab.data.transforms import VTABTransform
+from peftlab.data.validate import cheap_problems, raise_if_any
+
+log = logging.getLogger(__name__)
+
+
+def vtab_task_spec(task: str, num_classes: int, group: str) -> TaskSpec:
+    """Returns the catalog entry of a VTAB task (or the demo), checking the configured class count against it."""
+    spec = DEMO_TASK if task == DEMO_TASK.name else find_spec(task, VTAB_TASKS)
+    if spec is None:
+        raise ValueError(f"unknown VTAB-1k task {task!r}; known tasks: {sorted(VTAB_TASKS)}")
+    if spec is not DEMO_TASK and num_classes != spec.num_classes:
+        raise ValueError(f"data.num_classes={num_classes} but VTAB-1k {spec.name} has {spec.num_classes} classes")
+    return spec
+
+
+def read_vtab_split(task_dir: Path, split: str, num_classes: int) -> LabeledImages:
+    """Reads one VTAB-1k split file and runs the cheap checks (format, count, label range, files exist).
+
+    Raises:
+        DataError: Listing every problem found, each with its file, line and fix.
+    """
+    images, problems = read_txt_split(task_dir, split)
+    if not problems or images.paths:
+        problems += cheap_problems(images, num_classes, VTAB_EXPECTED_COUNTS.get(split))
+    raise_if_any(problems)
+    return images
+
+
+class VTABDataModule(ImageClassificationDataModule):
+    """One VTAB-1k task (or the generated demo), with the papers' preprocessing and a uint8 tensor fast path.
+
+    Preprocessing: resize to ``image_size`` x ``image_size`` (no crop), optional random hflip, normalise with the
+    backbone's ``mean``/``std``. ``split="search"`` trains on train800 and evaluates val200; ``split="final"``
+    trains on train800val200 and evaluates test. ``val_dataloader`` and ``test_dataloader`` both serve the eval split.
+
+    With ``cache`` = ``memory`` or ``disk``, each split is decoded once into a uint8 (N, 3, S, S) tensor (kept on the
+    training device when ``cache_device="auto"`` and training runs on CUDA) and batches are normalised on the fly;
+    splits larger than ``cache_max_gb`` use the PIL DataLoader path instead. ``disk`` also stores the tensor as
+    ``<task_dir>/.peftlab_cache/*.pt``, keyed by a content hash.
+
+    Args:
+        cache: ``none``, ``memory`` or ``disk``.
+        hflip: Random horizontal flip of training images (off in the VTAB-1k protocol).
+        generate_demo: Generate the demo dataset at ``root`` (``task`` must be ``demo``) before reading it.
+        cache_device: ``auto`` (the trainer's device) or an explicit device such as ``cpu``.
+        cache_max_gb: Largest split (in GB of uint8 pixels) that is cached.
+        seed: Seed of the cached loader's shuffling/flips (default: ``torch.initial_seed()``).
+        **kwargs: See :class:`~peftlab.data.base.ImageClassificationDataModule`.
+    """
+
+    def __init__(self, root: str | Path, task: str, num_classes: int, group: str = "natural",
+                 dataset: str = "vtab1k", split: str = "final", batch_size: int = 32, eval_batch_size: int = 128,
+                 num_workers: int | str = "auto", image_size: int = 224, interpolation: str = "bicubic",
+                 cache: str = "memory", mean: Sequence[float] = INCEPTION_MEAN_STD,
+                 std: Sequence[float] = INCEPTION_MEAN_STD, hflip: bool = False, generate_demo: bool = False,
+                 pin_memory: bool | str = "auto", cache_device: str = "auto", cache_max_gb: float = 4.0,
+                 seed: int | None = None):
+        super().__init__(root, task, num_classes, group, dataset, split, batch_size, eval_batch_size, num_workers,
+                         image_size, interpolation, mean, std, pin_memory)
+        if cache not in CACHE_MODES:
+            raise ValueError(f"data.cache={cache!r}; use one of {list(CACHE_MODES)}")
+        if generate_demo and task != DEMO_TASK.name:
+            raise ValueError(f"generate_demo=true only makes sense for task 'demo', not {task!r}")
+        self.spec = vtab_task_spec(task, num_classes, group)
+        self.cache, self.hflip, self.generate_demo = cache, hflip, generate_demo
+        self.cache_device, self.cache_max_gb, self.seed = cache_device, cache_max_gb, seed
+        self.cached: dict[str, torch.Tensor] = {}
+        self.cache_sources: dict[str, str] = {}
+
+    def prepare_data(self) -> None:
+        if self.generate_demo:
+            make_demo_dataset(self.root, self.num_classes, self.image_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_data is not None:
+            return
+        self.prepare_data()  # no-op unless generating the demo, which skips an existing complete copy
+        self._find_task_dir()
+        (train_split,), (eval_split,) = VTAB_PROTOCOL[self.split]
+        self.train_data = read_vtab_split(self.task_dir, train_split, self.num_classes)
+        self.eval_data = read_vtab_split(self.task_dir, eval_split, self.num_classes)
+        for role, images in (("train", self.train_data), ("eval", self.eval_data)):
+            self._maybe_cache(role, images)
+
+    def _find_task_dir(self) -> None:
+        if self.generate_demo:
+            self.task_dir, self.folder_found = self.root, self.root.name
+            return
+        self.task_dir, self.folder_found = find_task_dir(self.root, self.spec, VTAB_SOURCE_FIX)
+        log.info("VTAB-1k %s: using folder %s", self.spec.name, self.task_dir)
+
+    def _maybe_cache(self, role: str, images: LabeledImages) -> None:
+        if self.cache == "none":
+            return
+        if cache_nbytes(len(images), self.image_size) > self.cache_max_gb * 1e9:
+            log.info("%s split %s is larger than cache_max_gb=%s; using the PIL path", role, images.name,
+                     self.cache_max_gb)
+            return
+        cache_dir = self.task_dir / CACHE_DIR_NAME if self.cache == "disk" else None
+        tensor, source = load_or_build_cache(images, self.image_size, self.interpolation, self.cache, cache_dir,
+                                             workers=max(self.num_workers, 2))
+        self.cached[role] = tensor.to(self._cache_device())
+        self.cache_sources[role] = source
+
+    def _cache_device(self) -> torch.device:
+        if self.cache_device != "auto":
+            return torch.device(self.cache_device)
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return device if device.type == "cuda" else torch.device("cpu")
+
+    def _loader(self, role: str, train: bool):
+        self._require_setup()
+        images = self.train_data if train else self.eval_data
+        batch_size = self.batch_size if train else self.eval_batch_size
+        if role in self.cached:
+            labels = torch.tensor(images.labels, dtype=torch.int64)
+            return CachedBatchLoader(self.cached[role], labels, batch_size, self.mean, self.std, shuffle=train,
+                                     hflip=train and self.hflip, seed=self.seed)
+        transform = VTABTransform(self.image_size, self.interpolation, self.mean, self.std, hflip=train and self.hflip)
+        return self._image_loader(images, transform, batch_size, train)
+
+    def train_dataloader(self):
+        return self._loader("train", train=True)
+
+    def val_dataloader(self):
+        return self._loader("eval", train=False)
+
+    def test_dataloader(self):
+        return self._loader("eval", train=False)
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "resize": f"({self.image_size}, {self.image_size}) {self.interpolation}, no crop",
+            "hflip": self.hflip,
+            "cache": self.cache,
+            "cache_sources": dict(self.cache_sources),
+        }
