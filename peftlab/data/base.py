@@ -52,11 +52,23 @@ class ImageClassificationDataModule(L.LightningDataModule):
         pin_memory: Pin host memory (bool, or ``"auto"`` = when CUDA is available).
     """
 
-    def __init__(self, root: str | Path, task: str, num_classes: int, group: str, dataset: str,
-                 split: str = "final", batch_size: int = 32, eval_batch_size: int = 128,
-                 num_workers: int | str = "auto", image_size: int = 224, interpolation: str = "bicubic",
-                 mean: Sequence[float] = INCEPTION_MEAN_STD, std: Sequence[float] = INCEPTION_MEAN_STD,
-                 pin_memory: bool | str = "auto"):
+    def __init__(
+        self,
+        root: str | Path,
+        task: str,
+        num_classes: int,
+        group: str,
+        dataset: str,
+        split: str = "final",
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        num_workers: int | str = "auto",
+        image_size: int = 224,
+        interpolation: str = "bicubic",
+        mean: Sequence[float] = INCEPTION_MEAN_STD,
+        std: Sequence[float] = INCEPTION_MEAN_STD,
+        pin_memory: bool | str = "auto",
+    ):
         super().__init__()
         check_split_name(split)
         interpolation_mode(interpolation)
@@ -72,11 +84,15 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.train_data: LabeledImages | None = None
         self.eval_data: LabeledImages | None = None
 
-    def _image_loader(self, images: LabeledImages, transform: Callable, batch_size: int,
-                      train: bool) -> DataLoader:
+    def _image_loader(self, images: LabeledImages, transform: Callable, batch_size: int, train: bool) -> DataLoader:
         return DataLoader(
-            ImageListDataset(images, transform), batch_size=batch_size, shuffle=train, drop_last=False,
-            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            ImageListDataset(images, transform),
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
         )
 
     def _require_setup(self) -> None:

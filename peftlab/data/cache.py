@@ -38,8 +38,9 @@ def cache_key(images: LabeledImages, image_size: int, interpolation: str) -> str
     return digest.hexdigest()
 
 
-def decode_all(images: LabeledImages, image_size: int, interpolation: str, workers: int = 4,
-               progress: bool = True) -> torch.Tensor:
+def decode_all(
+    images: LabeledImages, image_size: int, interpolation: str, workers: int = 4, progress: bool = True
+) -> torch.Tensor:
     """Decodes and resizes every image (threads; PIL releases the GIL) into one (N, 3, S, S) uint8 tensor."""
     from tqdm.auto import tqdm
 
@@ -57,9 +58,15 @@ def decode_all(images: LabeledImages, image_size: int, interpolation: str, worke
     return cache
 
 
-def load_or_build_cache(images: LabeledImages, image_size: int, interpolation: str, mode: str,
-                        cache_dir: Path | None = None, workers: int = 4,
-                        progress: bool = True) -> tuple[torch.Tensor, str]:
+def load_or_build_cache(
+    images: LabeledImages,
+    image_size: int,
+    interpolation: str,
+    mode: str,
+    cache_dir: Path | None = None,
+    workers: int = 4,
+    progress: bool = True,
+) -> tuple[torch.Tensor, str]:
     """Returns the uint8 cache of a split and where it came from (``memory`` or the ``.pt`` file path).
 
     With ``mode="disk"`` the cache is read from (or written to) ``cache_dir`` as a ``.pt`` file named by
@@ -109,8 +116,18 @@ class CachedBatchLoader:
         seed: Seed of the loader's generator; defaults to ``torch.initial_seed()`` (set by ``seed_everything``).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std,
-                 shuffle: bool = False, drop_last: bool = False, hflip: bool = False, seed: int | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean,
+        std,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        hflip: bool = False,
+        seed: int | None = None,
+    ):
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
             raise ValueError(f"expected uint8 images (N,3,H,W) and N labels, got {images.shape} {labels.shape}")
         self.images = images

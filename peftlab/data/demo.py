@@ -63,10 +63,13 @@ def _check_existing(root: Path, info: dict) -> None:
     info_file = root / DEMO_INFO_FILE
     found = json.loads(info_file.read_text()) if info_file.is_file() else None
     if found != info:
-        raise DataError(Problem(
-            str(root), f"exists but is not a complete demo dataset with settings {info} (found {found})",
-            "delete this folder (it is regenerated automatically) or point data.root at another folder",
-        ))
+        raise DataError(
+            Problem(
+                str(root),
+                f"exists but is not a complete demo dataset with settings {info} (found {found})",
+                "delete this folder (it is regenerated automatically) or point data.root at another folder",
+            )
+        )
 
 
 def _write_demo(folder: Path, info: dict) -> None:

@@ -33,7 +33,11 @@ class DataError(ValueError):
 
     MAX_LISTED = 20
 
-    def __init__(self, problems: list[Problem] | Problem):
+    def __init__(self, problems: list[Problem] | Problem | str):
+        if isinstance(problems, str):  # rebuilt from its message (unpickling, DataLoader workers re-raising)
+            self.problems = []
+            super().__init__(problems)
+            return
         self.problems = [problems] if isinstance(problems, Problem) else list(problems)
         super().__init__(self._format())
 

@@ -32,10 +32,13 @@ def find_image_dir(dataset_dir: Path, spec: FGVCSpec, sample_key: str) -> Path:
         if (dataset_dir / candidate / sample_key).is_file():
             return dataset_dir / candidate
     tried = [str(dataset_dir / c / sample_key) for c in spec.image_dirs]
-    raise DataError(Problem(
-        str(dataset_dir), f"cannot find the images listed in train.json; tried {tried}",
-        f"put the {spec.name} images under {dataset_dir / spec.image_dirs[0]} with the paths train.json uses",
-    ))
+    raise DataError(
+        Problem(
+            str(dataset_dir),
+            f"cannot find the images listed in train.json; tried {tried}",
+            f"put the {spec.name} images under {dataset_dir / spec.image_dirs[0]} with the paths train.json uses",
+        )
+    )
 
 
 def read_fgvc_splits(dataset_dir: Path, spec: FGVCSpec, splits: Sequence[str], num_classes: int) -> LabeledImages:
@@ -48,10 +51,13 @@ def read_fgvc_splits(dataset_dir: Path, spec: FGVCSpec, splits: Sequence[str], n
     train, problems = read_json_split(dataset_dir, "train")
     class_ids = sorted(set(train.values()))
     if train and len(class_ids) != num_classes:
-        problems.append(Problem(
-            str(dataset_dir / "train.json"), f"has {len(class_ids)} classes but data.num_classes={num_classes}",
-            "use the VPT json splits of this dataset, or set data.num_classes",
-        ))
+        problems.append(
+            Problem(
+                str(dataset_dir / "train.json"),
+                f"has {len(class_ids)} classes but data.num_classes={num_classes}",
+                "use the VPT json splits of this dataset, or set data.num_classes",
+            )
+        )
     entries = {name: read_json_split(dataset_dir, name) for name in splits}
     for _, split_problems in entries.values():
         problems += split_problems
@@ -65,13 +71,19 @@ def read_fgvc_splits(dataset_dir: Path, spec: FGVCSpec, splits: Sequence[str], n
     return merged
 
 
-def _labeled(source: Path, entries: dict[str, int], image_dir: Path, remap: dict[int, int],
-             problems: list[Problem]) -> LabeledImages:
+def _labeled(
+    source: Path, entries: dict[str, int], image_dir: Path, remap: dict[int, int], problems: list[Problem]
+) -> LabeledImages:
     images = LabeledImages(source.stem, [source])
     for key, class_id in entries.items():
         if class_id not in remap:
-            problems.append(Problem(f"{source}[{key!r}]", f"class id {class_id} does not occur in train.json",
-                                    "use train/val/test json files from the same VPT split"))
+            problems.append(
+                Problem(
+                    f"{source}[{key!r}]",
+                    f"class id {class_id} does not occur in train.json",
+                    "use train/val/test json files from the same VPT split",
+                )
+            )
             continue
         images.paths.append(image_dir / key)
         images.labels.append(remap[class_id])
@@ -92,14 +104,41 @@ class FGVCDataModule(ImageClassificationDataModule):
         **kwargs: See :class:`~peftlab.data.base.ImageClassificationDataModule`.
     """
 
-    def __init__(self, root: str | Path, task: str, num_classes: int, group: str = "fgvc", dataset: str = "fgvc",
-                 split: str = "final", batch_size: int = 32, eval_batch_size: int = 128,
-                 num_workers: int | str = "auto", image_size: int = 224, interpolation: str = "bicubic",
-                 mean: Sequence[float] = INCEPTION_MEAN_STD, std: Sequence[float] = INCEPTION_MEAN_STD,
-                 pin_memory: bool | str = "auto", resize_size: int = 256,
-                 crop_scale: Sequence[float] = (0.08, 1.0)):
-        super().__init__(root, task, num_classes, group, dataset, split, batch_size, eval_batch_size, num_workers,
-                         image_size, interpolation, mean, std, pin_memory)
+    def __init__(
+        self,
+        root: str | Path,
+        task: str,
+        num_classes: int,
+        group: str = "fgvc",
+        dataset: str = "fgvc",
+        split: str = "final",
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        num_workers: int | str = "auto",
+        image_size: int = 224,
+        interpolation: str = "bicubic",
+        mean: Sequence[float] = INCEPTION_MEAN_STD,
+        std: Sequence[float] = INCEPTION_MEAN_STD,
+        pin_memory: bool | str = "auto",
+        resize_size: int = 256,
+        crop_scale: Sequence[float] = (0.08, 1.0),
+    ):
+        super().__init__(
+            root,
+            task,
+            num_classes,
+            group,
+            dataset,
+            split,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            image_size,
+            interpolation,
+            mean,
+            std,
+            pin_memory,
+        )
         self.spec = fgvc_task_spec(task, num_classes)
         self.resize_size = resize_size
         self.crop_scale = tuple(float(s) for s in crop_scale)

@@ -71,15 +71,45 @@ class VTABDataModule(ImageClassificationDataModule):
         **kwargs: See :class:`~peftlab.data.base.ImageClassificationDataModule`.
     """
 
-    def __init__(self, root: str | Path, task: str, num_classes: int, group: str = "natural",
-                 dataset: str = "vtab1k", split: str = "final", batch_size: int = 32, eval_batch_size: int = 128,
-                 num_workers: int | str = "auto", image_size: int = 224, interpolation: str = "bicubic",
-                 cache: str = "memory", mean: Sequence[float] = INCEPTION_MEAN_STD,
-                 std: Sequence[float] = INCEPTION_MEAN_STD, hflip: bool = False, generate_demo: bool = False,
-                 pin_memory: bool | str = "auto", cache_device: str = "auto", cache_max_gb: float = 4.0,
-                 seed: int | None = None):
-        super().__init__(root, task, num_classes, group, dataset, split, batch_size, eval_batch_size, num_workers,
-                         image_size, interpolation, mean, std, pin_memory)
+    def __init__(
+        self,
+        root: str | Path,
+        task: str,
+        num_classes: int,
+        group: str = "natural",
+        dataset: str = "vtab1k",
+        split: str = "final",
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        num_workers: int | str = "auto",
+        image_size: int = 224,
+        interpolation: str = "bicubic",
+        cache: str = "memory",
+        mean: Sequence[float] = INCEPTION_MEAN_STD,
+        std: Sequence[float] = INCEPTION_MEAN_STD,
+        hflip: bool = False,
+        generate_demo: bool = False,
+        pin_memory: bool | str = "auto",
+        cache_device: str = "auto",
+        cache_max_gb: float = 4.0,
+        seed: int | None = None,
+    ):
+        super().__init__(
+            root,
+            task,
+            num_classes,
+            group,
+            dataset,
+            split,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            image_size,
+            interpolation,
+            mean,
+            std,
+            pin_memory,
+        )
         if cache not in CACHE_MODES:
             raise ValueError(f"data.cache={cache!r}; use one of {list(CACHE_MODES)}")
         if generate_demo and task != DEMO_TASK.name:
@@ -116,12 +146,14 @@ class VTABDataModule(ImageClassificationDataModule):
         if self.cache == "none":
             return
         if cache_nbytes(len(images), self.image_size) > self.cache_max_gb * 1e9:
-            log.info("%s split %s is larger than cache_max_gb=%s; using the PIL path", role, images.name,
-                     self.cache_max_gb)
+            log.info(
+                "%s split %s is larger than cache_max_gb=%s; using the PIL path", role, images.name, self.cache_max_gb
+            )
             return
         cache_dir = self.task_dir / CACHE_DIR_NAME if self.cache == "disk" else None
-        tensor, source = load_or_build_cache(images, self.image_size, self.interpolation, self.cache, cache_dir,
-                                             workers=max(self.num_workers, 2))
+        tensor, source = load_or_build_cache(
+            images, self.image_size, self.interpolation, self.cache, cache_dir, workers=max(self.num_workers, 2)
+        )
         self.cached[role] = tensor.to(self._cache_device())
         self.cache_sources[role] = source
 
@@ -138,8 +170,16 @@ class VTABDataModule(ImageClassificationDataModule):
         batch_size = self.batch_size if train else self.eval_batch_size
         if role in self.cached:
             labels = torch.tensor(images.labels, dtype=torch.int64)
-            return CachedBatchLoader(self.cached[role], labels, batch_size, self.mean, self.std, shuffle=train,
-                                     hflip=train and self.hflip, seed=self.seed)
+            return CachedBatchLoader(
+                self.cached[role],
+                labels,
+                batch_size,
+                self.mean,
+                self.std,
+                shuffle=train,
+                hflip=train and self.hflip,
+                seed=self.seed,
+            )
         transform = VTABTransform(self.image_size, self.interpolation, self.mean, self.std, hflip=train and self.hflip)
         return self._image_loader(images, transform, batch_size, train)
 
