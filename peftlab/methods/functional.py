@@ -107,3 +107,76 @@ def aoft_update(x: Tensor, basis_down: Tensor, scale: Tensor, basis_up: Tensor) 
     ``scale`` is ``λ ∈ R^rank`` (AOFT*) or a single gate broadcast over the ranks.
     """
     return ((x @ basis_down) * scale) @ basis_up.T
+
+
+def lora(x: Tensor, a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """LoRA (Hu et al., ICLR 2022, Eq. 3 with the α/r scaling of §4.1) on activations: ``ΔW x = (α/r)·B A x``.
+
+    Row convention: ``x Aᵀ Bᵀ · scale`` with ``A ∈ R^{r×in}``, ``B ∈ R^{out×r}``; the dense ``ΔW`` is never built.
+    """
+    return F.linear(F.linear(x, a), b) * scale
+
+
+def lora_delta_weight(a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """LoRA (Hu et al., ICLR 2022, Eq. 3): the dense update ``ΔW = (α/r)·B A ∈ R^{out×in}`` (for merging)."""
+    return (b @ a) * scale
+
+
+def dora_norm(weight: Tensor) -> Tensor:
+    """DoRA (Liu et al., ICML 2024, Eq. 5): ``‖W‖_c``, the L2 norm of each output unit's weight vector.
+
+    The paper's ``W ∈ R^{d×k}`` has one column per output; in PyTorch's ``W ∈ R^{out×in}`` that is each row (dim 1).
+    """
+    return torch.linalg.vector_norm(weight, dim=1)
+
+
+def dora_scale(weight: Tensor, delta: Tensor, magnitude: Tensor, detach_norm: bool = True) -> Tensor:
+    """DoRA (Liu et al., ICML 2024, Eq. 5): the per-output factor ``m / ‖W₀ + ΔW‖_c``.
+
+    With ``detach_norm`` the norm is a constant for backprop (DoRA §4.3); the value is unchanged.
+    """
+    norm = dora_norm(weight + delta)
+    return magnitude / (norm.detach() if detach_norm else norm)
+
+
+def dora_weight(weight: Tensor, delta: Tensor, magnitude: Tensor) -> Tensor:
+    """DoRA (Liu et al., ICML 2024, Eq. 5): ``W' = m · (W₀ + ΔW) / ‖W₀ + ΔW‖_c`` (rows of a PyTorch weight)."""
+    directed = weight + delta
+    return (magnitude / dora_norm(directed)).unsqueeze(1) * directed
+
+
+def skew_symmetric(upper: Tensor, size: int) -> Tensor:
+    """OFT (Qiu et al., NeurIPS 2023, §3): skew-symmetric ``Q = U − Uᵀ`` from the strict upper triangle ``U``.
+
+    ``upper`` has shape ``(blocks, size·(size−1)/2)`` (row-major order of ``triu_indices``); returns
+    ``(blocks, size, size)``.
+    """
+    rows, cols = torch.triu_indices(size, size, offset=1, device=upper.device)
+    triangle = upper.new_zeros(upper.shape[0], size, size)
+    triangle[:, rows, cols] = upper
+    return triangle - triangle.transpose(-1, -2)
+
+
+def cayley(skew: Tensor) -> Tensor:
+    """OFT (Qiu et al., NeurIPS 2023, §3): Cayley transform ``R = (I + Q)(I − Q)⁻¹``, orthogonal for skew ``Q``.
+
+    Batched over leading dimensions. Always computed in float32 with autocast disabled (a bf16/fp16 inverse loses
+    orthogonality); returns float32, the caller casts.
+    """
+    with torch.autocast(device_type=skew.device.type, enabled=False):
+        q = skew.float()
+        eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device).expand_as(q)
+        # X (I − Q) = I + Q  ⇔  X = (I + Q)(I − Q)⁻¹
+        return torch.linalg.solve(eye - q, eye + q, left=False)
+
+
+def rotate_input_blocks(weight: Tensor, rotation: Tensor) -> Tensor:
+    """OFT (Qiu et al., NeurIPS 2023, §3): ``z = (R W⁰)ᵀ x`` with ``R = diag(R_1, …, R_n)`` rotating the input side.
+
+    PyTorch layout: returns ``W Rᵀ`` for ``weight`` ``(out, n·b)`` and ``rotation`` ``(n, b, b)``, so that
+    ``F.linear(x, W Rᵀ) = F.linear(x R, W)``.
+    """
+    out_features, in_features = weight.shape
+    blocks, size, _ = rotation.shape
+    rotated = torch.einsum("onb,ncb->onc", weight.reshape(out_features, blocks, size), rotation)
+    return rotated.reshape(out_features, in_features)

@@ -1,0 +1,95 @@
+"""DoRA: Liu et al., "DoRA: Weight-Decomposed Low-Rank Adaptation", ICML 2024 (arXiv 2402.09353).
+
+The adapted weight is decomposed into a trainable magnitude ``m`` and a direction updated by LoRA (Eq. 5)::
+
+    W' = m · (W₀ + ΔW) / ‖W₀ + ΔW‖_c,    ΔW = (α/r)·B A
+
+``‖·‖_c`` is the norm of each output unit's weight vector. In PyTorch's ``W ∈ R^{out×in}`` that is the norm over
+the input dimension of each row (the paper's ``W ∈ R^{d×k}`` normalises each of its ``k`` columns, and both the
+official code and huggingface peft take ``dim=1`` of the PyTorch weight). ``m`` starts at ``‖W₀‖_c`` and ``B`` at 0,
+so the model starts exactly at the pretrained function. Mergeable: inference overhead 0.
+
+Choices:
+    * Same defaults as :mod:`peftlab.methods.lora` (q and v slices, r = 8, α = r, no dropout).
+    * ``detach_norm`` (default True) treats ``‖W₀ + ΔW‖_c`` as a constant in backprop, as the paper recommends to save
+      memory (§4.3) and as huggingface peft does; the forward value is unchanged.
+    * The forward runs on activations, ``(m / ‖W₀ + ΔW‖_c) ⊙ (x W₀ᵀ + (α/r)·dropout(x) Aᵀ Bᵀ) + b``: the bias is not
+      rescaled and dropout touches only the LoRA branch. ``ΔW`` is still built once per step for the norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from peftlab.methods import functional, register_method
+from peftlab.methods.lora import LoraConfig, LoraLayer, check_linear
+
+
+@register_method("dora")
+@dataclass
+class DoraConfig(LoraConfig):
+    """DoRA: LoRA on the direction of each target weight plus a trainable per-output magnitude.
+
+    Args:
+        rank: rank ``r`` of the LoRA update of the direction.
+        alpha: ``α``; the update is scaled by ``α / r``. None means ``α = r`` (scale 1).
+        dropout: dropout probability on the input of the LoRA branch.
+        detach_norm: do not backpropagate through the column norm ``‖W₀ + ΔW‖_c`` (DoRA §4.3).
+    """
+
+    detach_norm: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.detach_norm, bool):
+            raise ValueError(f"method option detach_norm={self.detach_norm!r} is invalid: expected true or false")
+
+    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+        check_linear(name, base, self.name)
+        return DoraLayer(base, self.rank, self.scale, self.dropout, self.detach_norm)
+
+
+class DoraLayer(LoraLayer):
+    """LoRA layer whose output rows are rescaled to the trainable magnitude ``dora_magnitude``."""
+
+    def __init__(
+        self, base_layer: nn.Module, rank: int, scale: float, dropout: float = 0.0, detach_norm: bool = True
+    ) -> None:
+        super().__init__(base_layer, rank, scale, dropout)
+        self.detach_norm = detach_norm
+        self.dora_magnitude = nn.Parameter(base_layer.weight.new_empty(base_layer.out_features))
+        self.reset_magnitude()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "dora_magnitude"):  # absent while LoraLayer.__init__ runs
+            self.reset_magnitude()
+
+    @torch.no_grad()
+    def reset_magnitude(self) -> None:
+        """``m = ‖W₀‖_c``, so that ``W' = W₀`` while ``B = 0``."""
+        self.dora_magnitude.copy_(functional.dora_norm(self.base_layer.weight))
+
+    def magnitude_scale(self) -> Tensor:
+        weight = self.base_layer.weight
+        delta = self.delta_weight().to(weight.dtype)
+        return functional.dora_scale(weight, delta, self.dora_magnitude, self.detach_norm)
+
+    def merged_weight(self) -> Tensor:
+        weight = self.base_layer.weight
+        return functional.dora_weight(weight, self.delta_weight().to(weight.dtype), self.dora_magnitude)
+
+    def forward(self, x: Tensor) -> Tensor:
+        base = F.linear(x, self.base_layer.weight)
+        update = functional.lora(self.lora_dropout(x), self.lora_a, self.lora_b, self.scale)
+        out = self.magnitude_scale() * (base + update)
+        bias = self.base_layer.bias
+        return out if bias is None else out + bias
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, detach_norm={self.detach_norm}"
