@@ -1,0 +1,155 @@
+"""The uint8 tensor fast path: exact equivalence with decoding, disk persistence, batching behaviour."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from peftlab.data import VTABDataModule
+from peftlab.data import cache as cache_module
+from peftlab.data.cache import CachedBatchLoader, load_or_build_cache
+from peftlab.data.splits import read_txt_split
+from tests.data_fixtures import write_vtab_task
+
+
+@pytest.fixture(scope="module")
+def pristine_task(tmp_path_factory) -> Path:
+    return write_vtab_task(tmp_path_factory.mktemp("pristine") / "eurosat", num_classes=4)
+
+
+@pytest.fixture
+def vtab_root(tmp_path, pristine_task) -> Path:
+    shutil.copytree(pristine_task, tmp_path / "eurosat")
+    return tmp_path
+
+
+def eurosat(root: Path, **kwargs) -> VTABDataModule:
+    kwargs = {"num_workers": 0, "image_size": 12, "split": "search", **kwargs}
+    return VTABDataModule(root, "eurosat", 10, "specialized", **kwargs)
+
+
+def reference_uint8(path: Path, size: int) -> torch.Tensor:
+    """Decode + resize written out with PIL and numpy only."""
+    with Image.open(path) as image:
+        pixels = np.array(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def test_cache_equals_freshly_decoded_images(vtab_root):
+    images, _ = read_txt_split(vtab_root / "eurosat", "val200")
+    cache, source = load_or_build_cache(images, 12, "bicubic", "memory", progress=False)
+    assert source == "memory" and cache.dtype == torch.uint8 and cache.shape == (200, 3, 12, 12)
+    for index in (0, 1, 57, 199):  # index 0 is a grayscale JPEG
+        assert torch.equal(cache[index], reference_uint8(images.paths[index], 12))
+
+
+def test_cached_batches_equal_the_pil_path(vtab_root):
+    stats = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    cached, plain = eurosat(vtab_root, cache="memory", **stats), eurosat(vtab_root, cache="none", **stats)
+    cached.setup(), plain.setup()
+    assert isinstance(cached.val_dataloader(), CachedBatchLoader) and isinstance(plain.val_dataloader(), DataLoader)
+    pairs = list(zip(cached.val_dataloader(), plain.val_dataloader(), strict=True))
+    assert len(pairs) == 2  # 200 samples, eval batch 128
+    for (x_cached, y_cached), (x_plain, y_plain) in pairs:
+        assert torch.equal(x_cached, x_plain) and torch.equal(y_cached, y_plain)
+        assert x_cached.dtype == torch.float32 and y_cached.dtype == torch.int64
+
+
+def test_disk_cache_is_written_reused_and_keyed_by_content(vtab_root):
+    first = eurosat(vtab_root, cache="disk")
+    first.setup()
+    stored = first.cache_sources["eval"]
+    assert Path(stored).parent == vtab_root / "eurosat" / ".peftlab_cache" and Path(stored).is_file()
+    assert Path(stored).name.startswith("val200-12px-bicubic-")
+
+    again = eurosat(vtab_root, cache="disk")
+    again.setup()
+    assert again.cache_sources["eval"] == stored and torch.equal(again.cached["eval"], first.cached["eval"])
+
+    image = vtab_root / "eurosat/images/val200/000005.jpg"
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    changed = eurosat(vtab_root, cache="disk")
+    changed.setup()
+    assert changed.cache_sources["eval"] != stored
+    resized = eurosat(vtab_root, cache="disk", image_size=10)
+    resized.setup()
+    assert "val200-10px-bicubic-" in resized.cache_sources["eval"]
+
+
+def test_splits_over_the_size_limit_use_the_pil_path(vtab_root):
+    data = eurosat(vtab_root, cache_max_gb=3 * 12 * 12 * 500 / 1e9)  # fits val200, not train800
+    data.setup()
+    assert isinstance(data.train_dataloader(), DataLoader) and isinstance(data.val_dataloader(), CachedBatchLoader)
+    assert data.describe()["cache_sources"] == {"eval": "memory"}
+
+
+def tiny_loader(**kwargs) -> CachedBatchLoader:
+    images = torch.arange(10 * 3 * 2 * 3, dtype=torch.uint8).view(10, 3, 2, 3)
+    return CachedBatchLoader(images, torch.arange(10), batch_size=4, mean=(0, 0, 0), std=(1, 1, 1), **kwargs)
+
+
+def test_loader_shuffles_every_epoch_and_covers_all_samples():
+    loader = tiny_loader(shuffle=True, seed=0)
+    epochs = [torch.cat([labels for _, labels in loader]) for _ in range(2)]
+    assert len(loader) == 3 and all(sorted(e.tolist()) == list(range(10)) for e in epochs)
+    assert not torch.equal(epochs[0], epochs[1])
+    assert torch.equal(torch.cat([y for _, y in tiny_loader(shuffle=True, seed=0)]), epochs[0])  # seeded
+    assert len(tiny_loader(drop_last=True)) == 2 and len(list(tiny_loader(drop_last=True))) == 2
+
+
+def test_loader_hflip_flips_whole_samples():
+    loader = tiny_loader(hflip=True, seed=1)
+    originals = loader.images.float() / 255
+    flipped = 0
+    for images, labels in loader:
+        for image, label in zip(images, labels, strict=True):
+            same = torch.equal(image, originals[label])
+            mirrored = torch.equal(image, originals[label].flip(-1))
+            assert same or mirrored
+            flipped += mirrored
+    assert 0 < flipped < 10
+
+
+def test_loader_shards_disjointly_across_ranks(monkeypatch):
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(cache_module, "_rank_and_world", lambda rank=rank: (rank, 3))
+        loader = tiny_loader(shuffle=True, seed=5)
+        labels = torch.cat([y for _, y in loader]).tolist()
+        assert len(labels) == 4 and len(loader) == 1
+        seen += labels
+    assert set(seen) == set(range(10))  # 12 slots: two samples repeated as padding, like DistributedSampler
+
+
+class _LinearProbe(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3 * 32 * 32, 4)
+
+    def training_step(self, batch, _):
+        images, labels = batch
+        return torch.nn.functional.cross_entropy(self.head(images.flatten(1)), labels)
+
+    def validation_step(self, batch, _):
+        images, labels = batch
+        self.log("val/acc", (self.head(images.flatten(1)).argmax(1) == labels).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_cached_loaders_run_under_lightning(tmp_path):
+    data = VTABDataModule(tmp_path / "demo", "demo", 4, "demo", "demo", num_workers=0, image_size=32,
+                          generate_demo=True)
+    trainer = L.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(_LinearProbe(), datamodule=data)
+    assert "val/acc" in trainer.callback_metrics
