@@ -180,3 +180,95 @@ def rotate_input_blocks(weight: Tensor, rotation: Tensor) -> Tensor:
     blocks, size, _ = rotation.shape
     rotated = torch.einsum("onb,ncb->onc", weight.reshape(out_features, blocks, size), rotation)
     return rotated.reshape(out_features, in_features)
+
+
+# --- Baselines: bottleneck adapters, VPT, FacT, ARC ------------------------------------------------------------------
+
+
+def bottleneck_adapter(
+    x: Tensor, down_weight: Tensor, down_bias: Tensor, up_weight: Tensor, up_bias: Tensor, activation: torch.nn.Module
+) -> Tensor:
+    """The bottleneck branch ``up(act(down(x)))`` of Houlsby et al. (ICML 2019, §2.1, Fig. 2) and AdaptFormer
+    (Chen et al., NeurIPS 2022, §3.2: ``x̃ = ReLU(x W_down) W_up``); weights in PyTorch layout (out×in)."""
+    return F.linear(activation(F.linear(x, down_weight, down_bias)), up_weight, up_bias)
+
+
+def vpt_insert_prompts(x: Tensor, prompts: Tensor, num_prefix_tokens: int) -> Tensor:
+    """VPT (Jia et al., ECCV 2022, §3.2): the layer input ``[x, P, E]``, i.e. the ``p×D`` prompts ``P`` placed
+    between the prefix (cls) tokens ``x`` and the patch tokens ``E``."""
+    prompts = prompts.to(x.dtype).expand(x.shape[0], -1, -1)
+    return torch.cat([x[:, :num_prefix_tokens], prompts, x[:, num_prefix_tokens:]], dim=1)
+
+
+def vpt_remove_prompts(x: Tensor, num_prompts: int, num_prefix_tokens: int) -> Tensor:
+    """VPT §3.2: drop the prompt outputs ``Z`` of ``[x, Z, E]``; the head only ever sees ``x`` and ``E``."""
+    return torch.cat([x[:, :num_prefix_tokens], x[:, num_prefix_tokens + num_prompts :]], dim=1)
+
+
+def vpt_replace_prompts(x: Tensor, prompts: Tensor, num_prefix_tokens: int) -> Tensor:
+    """VPT-Deep (§3.2): ``[x_{i-1}, P_{i-1}, E_{i-1}]``, the previous layer's prompt outputs replaced by new ones."""
+    kept = vpt_remove_prompts(x, prompts.shape[-2], num_prefix_tokens)
+    return vpt_insert_prompts(kept, prompts, num_prefix_tokens)
+
+
+def fact_tk_cores(core: Tensor, p_rows: Tensor) -> Tensor:
+    """FacT-TK (Jie & Deng, AAAI 2023, Eq. 10-11): the slice cores ``Σ_i = C ×₁ P_i`` (``C ∈ R^{r×r×r}``) for the
+    given rows ``P_i`` of ``P ∈ R^{12L×r}``, after which FacT-TK is FacT-TT (Eq. 8-9) with ``Σ`` computed."""
+    return torch.einsum("abc,ia->ibc", core, p_rows)
+
+
+def fact_delta_weight(u: Tensor, v: Tensor, cores: Tensor, scale: float, out_blocks: int, in_blocks: int) -> Tensor:
+    """FacT Eq. 9 (and 11): ``ΔW_i[j, k] = s·Σ_{t₁,t₂} Σ_i[t₁, t₂] U[j, t₁] V[k, t₂]`` for the ``d×d`` slices
+    ``i`` of one weight, assembled in PyTorch layout (out×in).
+
+    A weight of ``out_blocks·d × in_blocks·d`` holds ``out_blocks·in_blocks`` slices (Eq. 3-4: fc1 and fc2 are four
+    ``d×d`` slices each); ``cores`` is ``(out_blocks·in_blocks, r, r)`` in row-major (output, input) block order.
+    """
+    d = u.shape[0]
+    slices = scale * torch.einsum("iab,ja,kb->ikj", cores, u, v)  # slice i in PyTorch layout: s·V Σ_iᵀ Uᵀ
+    grid = slices.reshape(out_blocks, in_blocks, d, d)
+    return grid.permute(0, 2, 1, 3).reshape(out_blocks * d, in_blocks * d)
+
+
+def fact_delta(
+    x: Tensor,
+    u: Tensor,
+    v: Tensor,
+    cores: Tensor,
+    scale: float,
+    out_blocks: int,
+    in_blocks: int,
+    dropout: torch.nn.Module | None = None,
+) -> Tensor:
+    """``x ΔWᵀ`` of :func:`fact_delta_weight` on activations, ``s·((x U) Σ_i) Vᵀ`` per slice, never forming ``ΔW``.
+
+    ``dropout`` acts on the ``r``-dimensional core output, as in the official FacT code.
+    """
+    d, rank = u.shape
+    down = x.unflatten(-1, (in_blocks, d)) @ u.to(x.dtype)  # (..., in_blocks, r)
+    mixed = torch.einsum("...ja,ojab->...ob", down, cores.to(x.dtype).reshape(out_blocks, in_blocks, rank, rank))
+    if dropout is not None:
+        mixed = dropout(mixed)
+    return (scale * mixed @ v.to(x.dtype).T).flatten(-2)
+
+
+def arc_adapter(x: Tensor, u: Tensor, scale: Tensor, bias: Tensor, dropout: torch.nn.Module | None = None) -> Tensor:
+    """ARC (Dong et al., NeurIPS 2023, §3; official ``ARC_ViT.py``): the re-composed linear adapter
+    ``x + drop(x (U diag(s))) Uᵀ + b`` with the down-projection ``U`` shared across layers and its transpose as the
+    up-projection (symmetric), ``s`` and ``b`` per layer."""
+    down = x @ (u * scale).to(x.dtype)
+    if dropout is not None:
+        down = dropout(down)
+    return x + down @ u.to(x.dtype).T + bias.to(x.dtype)
+
+
+def arc_merged_weight(weight: Tensor, u: Tensor, scale: Tensor) -> Tensor:
+    """ARC's re-parameterisation into the following linear ``W`` (out×in): ``W (I + U diag(s) Uᵀ)``; the bracket is
+    symmetric, so ``x M Wᵀ = x (W M)ᵀ``."""
+    return weight + (weight @ (u * scale)) @ u.T
+
+
+def arc_merged_bias(weight: Tensor, bias: Tensor | None, adapter_bias: Tensor) -> Tensor:
+    """ARC's re-parameterisation of the adapter bias into the following linear: ``c + W b``."""
+    merged = weight @ adapter_bias
+    return merged if bias is None else bias + merged
