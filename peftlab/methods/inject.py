@@ -184,15 +184,20 @@ def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def load_trainable_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Load a :func:`trainable_state_dict`, after checking that its keys are exactly the trainable tensors."""
-    expected = set(trainable_state_dict(model))
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    check_state_keys(trainable_state_dict(model), state)
+    model.load_state_dict(state, strict=False)
+
+
+def check_state_keys(expected: Iterable[str], found: Iterable[str]) -> None:
+    """Raise a KeyError that lists missing and unexpected keys unless ``found`` equals ``expected``."""
+    expected, found = set(expected), set(found)
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected:
         raise KeyError(
             "checkpoint does not match this model's trainable tensors "
             f"(missing {len(missing)}: {_preview(missing)}; unexpected {len(unexpected)}: {_preview(unexpected)}). "
-            "Was it saved with a different method, backbone or number of classes?"
+            "Load it with the same method, backbone and number of classes it was trained with."
         )
-    model.load_state_dict(state, strict=False)
 
 
 def _preview(keys: list[str], n: int = 5) -> str:

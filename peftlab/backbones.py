@@ -1,0 +1,98 @@
+"""Backbones through timm's factory only: hub weights, a local weights file, or random init; head reset to the task."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+HUB_HOST = "huggingface.co"
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be found or loaded."""
+
+
+def create_backbone(
+    name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    weights_file: str | None = None,
+    head_init: str = "zeros",
+    model_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Create a timm model with a fresh ``num_classes`` head.
+
+    Args:
+        name: timm model name with pretrained tag, e.g. ``vit_base_patch16_224.orig_in21k``.
+        num_classes: classes of the task; the head is reset to this size.
+        pretrained: load the tag's weights from the Hugging Face hub (or its local cache).
+        weights_file: load weights from this local file instead (``.safetensors``, ``.bin``, ``.pth`` or ``.npz``);
+            implies pretrained. timm's own filter adapts the checkpoint (head dropped, position embeddings resized).
+        head_init: ``zeros`` (as the RLRR/VPT code) or ``default`` (timm's init).
+        model_kwargs: extra architecture arguments for ``timm.create_model`` (``img_size``, ``patch_size``, ...).
+    """
+    kwargs = dict(model_kwargs or {})
+    if weights_file:
+        path = Path(weights_file).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"backbone weights file not found: {path}. Set backbone.weights_file to an existing checkpoint "
+                f"(e.g. a downloaded pytorch_model.bin / model.safetensors / ViT-B_16.npz for {name}), "
+                f"or backbone.pretrained=false for a random init."
+            )
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        pretrained = True
+    elif pretrained:
+        _go_offline_if_hub_unreachable()
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        if not pretrained:
+            raise
+        raise WeightsError(
+            f"could not load pretrained weights for {name!r} ({type(err).__name__}: {str(err)[:300]}). "
+            f"Without network access, download the checkpoint elsewhere and pass it as a local file: "
+            f"backbone.weights_file=/path/to/model.safetensors (or set PEFTLAB_WEIGHTS / paths.weights_dir)."
+        ) from err
+    if head_init == "zeros":
+        reset_head_to_zeros(model)
+    elif head_init != "default":
+        raise ValueError(f"backbone.head_init={head_init!r} is invalid: expected 'zeros' or 'default'")
+    return model
+
+
+@torch.no_grad()
+def reset_head_to_zeros(model: nn.Module) -> None:
+    head = model.get_classifier()
+    for p in head.parameters():
+        p.zero_()
+
+
+def _go_offline_if_hub_unreachable(timeout: float = 3.0) -> None:
+    """Switch huggingface_hub to offline mode (cache only) when the hub cannot be reached, instead of ~1 min of
+    retries. Respects an explicit ``HF_HUB_OFFLINE`` setting."""
+    if os.environ.get("HF_HUB_OFFLINE"):
+        return
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+    except OSError:
+        import huggingface_hub.constants
+
+        log.warning("%s is unreachable: using the local Hugging Face cache only (HF_HUB_OFFLINE=1)", HUB_HOST)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """Normalisation and interpolation from the backbone's pretrained config (ImageNet or 0.5/0.5)."""
+    cfg = timm.data.resolve_data_config(model=model)
+    return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]), "interpolation": cfg["interpolation"]}

@@ -1,0 +1,144 @@
+"""``build(cfg)``: the one place that turns a composed config into data, model and trainer (train and eval share it)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from peftlab.backbones import data_config
+from peftlab.callbacks import is_progress_bar, progress_callback
+from peftlab.methods import MethodConfig
+from peftlab.module import ClassificationModule
+
+log = logging.getLogger("peftlab")
+
+#: trainer-group keys that configure peftlab rather than ``lightning.Trainer``
+TRAINER_EXTRAS = ("compile",)
+
+
+@dataclass
+class Built:
+    datamodule: L.LightningDataModule
+    method: MethodConfig
+    module: ClassificationModule
+    trainer: L.Trainer
+
+    @property
+    def model(self) -> nn.Module:
+        return self.module.model
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the option and the allowed values."""
+
+
+def build(cfg: DictConfig, loggers: bool = True) -> Built:
+    """Build datamodule, method, LightningModule and Trainer from ``cfg``."""
+    check_config(cfg)
+    method = build_method(cfg)
+    model = build_model(cfg, method)
+    norm = data_config(model)
+    datamodule = instantiate(cfg.data, mean=norm["mean"], std=norm["std"], _convert_="all")
+    recipe = instantiate(cfg.optim, _convert_="all")
+    recipe.pop("lr", None)  # consumed by the optimizer's interpolation
+    module = ClassificationModule(model=model, num_classes=cfg.data.num_classes, **recipe)
+    if cfg.trainer.get("compile"):
+        module.model = compile_model(module.model)
+    trainer = build_trainer(cfg, method, with_loggers=loggers)
+    return Built(datamodule=datamodule, method=method, module=module, trainer=trainer)
+
+
+def build_method(cfg: DictConfig) -> MethodConfig:
+    method = instantiate(cfg.method, _convert_="all")
+    if not isinstance(method, MethodConfig):
+        raise ConfigError(f"method config must instantiate a peftlab MethodConfig, got {type(method).__name__}")
+    return method
+
+
+def build_model(cfg: DictConfig, method: MethodConfig) -> nn.Module:
+    """Backbone from timm with the method injected."""
+    backbone = instantiate(cfg.backbone, _convert_="all")
+    return method.apply(backbone)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Cheap cross-group checks that would otherwise fail late or silently."""
+    num_classes = cfg.data.get("num_classes")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"data.num_classes={num_classes!r} is invalid: expected an integer >= 2")
+    kwargs = cfg.backbone.get("model_kwargs") or {}
+    patch = kwargs.get("patch_size", _patch_size_from_name(cfg.backbone.name))
+    size = cfg.data.get("image_size")
+    if patch and size and size % patch:
+        raise ConfigError(
+            f"data.image_size={size} is not divisible by the backbone's patch size {patch}: "
+            f"use a multiple of {patch} (e.g. {size - size % patch or patch})"
+        )
+
+
+def _patch_size_from_name(name: str) -> int | None:
+    for part in name.split(".")[0].split("_"):
+        if part.startswith("patch") and part[5:].isdigit():
+            return int(part[5:])
+    return None
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile`` when available; falls back to eager (with a warning) where compilation is unsupported."""
+    try:
+        return torch.compile(model)
+    except Exception as err:  # noqa: BLE001 - any backend failure means: run eager
+        log.warning("torch.compile unavailable (%s); running eagerly", err)
+        return model
+
+
+def build_trainer(cfg: DictConfig, method: MethodConfig, with_loggers: bool = True) -> L.Trainer:
+    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()}
+    for key in TRAINER_EXTRAS:
+        trainer_kwargs.pop(key, None)
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    if not any(is_progress_bar(cb) for cb in callbacks):
+        bar = progress_callback()
+        callbacks.append(bar)
+        trainer_kwargs["enable_progress_bar"] = is_progress_bar(bar)
+    loggers = build_loggers(cfg, method) if with_loggers else []
+    return instantiate(trainer_kwargs, callbacks=callbacks, logger=loggers or False, _convert_="all")
+
+
+def build_loggers(cfg: DictConfig, method: MethodConfig) -> list[Any]:
+    """Loggers from the ``logger`` group; W&B runs get grouped by experiment and tagged by method/task/seed."""
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None or "_target_" not in logger_cfg:
+            continue
+        extra = {}
+        if logger_cfg._target_.endswith("WandbLogger"):
+            extra = wandb_identity(cfg, method)
+        try:
+            loggers.append(instantiate(logger_cfg, **extra, _convert_="all"))
+        except ModuleNotFoundError as err:
+            raise ConfigError(f"logger={name} needs the package {err.name!r}: pip install {err.name}") from err
+    return loggers
+
+
+def wandb_identity(cfg: DictConfig, method: MethodConfig) -> dict[str, Any]:
+    tags = [*cfg.logger.wandb.get("tags", []), f"method:{method.name}", f"task:{cfg.data.task}", f"seed:{cfg.seed}"]
+    return {
+        "group": cfg.logger.wandb.get("group") or cfg.experiment_name,
+        "tags": tags,
+        "name": cfg.logger.wandb.get("name") or f"{method.name}-{cfg.data.task}-s{cfg.seed}",
+    }
+
+
+def instantiate_dict(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` (entries set to null are skipped)."""
+    if not group:
+        return []
+    return [instantiate(c, _convert_="all") for c in group.values() if c is not None and "_target_" in c]

@@ -1,0 +1,120 @@
+"""The LightningModule shared by every method: cross-entropy classification with top-1 accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from peftlab.methods.inject import check_state_keys, count_parameters, trainable_state_dict
+from peftlab.optim import parameter_groups
+
+PREFIX = "model."
+
+
+class ClassificationModule(L.LightningModule):
+    """Trains ``model`` (a timm ViT with a method injected) on image classification.
+
+    Args:
+        model: the adapted backbone; only its ``requires_grad`` parameters are optimised and checkpointed.
+        num_classes: classes of the task (for the accuracy metrics).
+        optimizer: a partial optimizer (``_partial_: true``) called with parameter groups.
+        scheduler: a partial schedule called with ``optimizer``, ``total_steps`` and ``warmup_steps``.
+        warmup_epochs: warm-up length in epochs (converted to steps).
+        weight_decay: weight decay of the decayed group (names containing ``no_weight_decay`` get none).
+        no_weight_decay: substrings of parameter names that get no weight decay.
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        warmup_epochs: float = 10,
+        weight_decay: float = 0.0,
+        no_weight_decay: Sequence[str] = ("bias", "norm"),
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.warmup_epochs = warmup_epochs
+        self.weight_decay = weight_decay
+        self.no_weight_decay = tuple(no_weight_decay)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.strict_loading = False  # checkpoints hold trainable tensors only; checked in on_load_checkpoint
+        self.best_val_acc: float | None = None
+        self.best_val_epoch: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, batch, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.criterion(logits, labels)
+        metric.update(logits, labels)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=stage == "train",
+            sync_dist=stage != "train",
+        )
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        acc = self.trainer.callback_metrics.get("val/acc")
+        if acc is not None and (self.best_val_acc is None or float(acc) > self.best_val_acc):
+            self.best_val_acc, self.best_val_epoch = float(acc), self.current_epoch
+
+    def on_train_start(self) -> None:
+        counts = count_parameters(self.model)
+        for logger in self.loggers:
+            logger.log_metrics({f"params/{k}": float(v) for k, v in counts.items()}, step=0)
+
+    def configure_optimizers(self):
+        groups = parameter_groups(self.model, self.weight_decay, self.no_weight_decay)
+        if not groups:
+            raise ValueError("nothing to train: the method left no parameter with requires_grad=True")
+        optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        scheduler = self.scheduler_factory(
+            optimizer, total_steps=total, warmup_steps=int(round(self.warmup_epochs * steps_per_epoch))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {PREFIX + k: v for k, v in trainable_state_dict(self.model).items()}
+        checkpoint["peftlab"] = {"best_val_acc": self.best_val_acc, "best_val_epoch": self.best_val_epoch}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_state_keys((PREFIX + k for k in trainable_state_dict(self.model)), checkpoint["state_dict"])
+        extra = checkpoint.get("peftlab", {})
+        self.best_val_acc, self.best_val_epoch = extra.get("best_val_acc"), extra.get("best_val_epoch")

@@ -1,0 +1,197 @@
+"""Entry point: ``python -m peftlab.train [overrides]`` (or ``peftlab-train``); ``-m`` for Hydra multirun sweeps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from peftlab.build import Built, build
+from peftlab.methods.inject import count_parameters
+from peftlab.results import (
+    COMPLETE,
+    FAILED,
+    RUNNING,
+    command_line,
+    device_name,
+    git_sha,
+    is_complete,
+    now,
+    read_results,
+    versions,
+    write_results,
+)
+from peftlab.utils import finish_wandb, peak_memory_mb, reset_peak_memory
+
+log = logging.getLogger("peftlab")
+CONFIG_DIR = "../conf"
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one run; returns its results (the content of ``results.json``).
+
+    A run whose output dir already holds a complete ``results.json`` is skipped (never retrained or overwritten).
+    """
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    if is_complete(output_dir):
+        log.info("skipping: %s already holds a complete results.json", output_dir)
+        return read_results(output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    started, t0 = now(), time.perf_counter()
+    reset_peak_memory()
+    built = build(cfg)
+    results = initial_results(cfg, built, output_dir, started)
+    write_results(output_dir, results)
+    try:
+        built.trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
+        metrics = final_evaluation(cfg, built)
+    except BaseException as err:
+        results.update(status=FAILED, error=f"{type(err).__name__}: {err}", finished_at=now())
+        results["train_info"] = train_info(built, time.perf_counter() - t0)
+        write_results(output_dir, results)
+        raise
+    finally:
+        finish_wandb(built.trainer)
+    results = completed_results(cfg, built, results, metrics, time.perf_counter() - t0)
+    path = write_results(output_dir, results)
+    print_summary(results, path)
+    return results
+
+
+def initial_results(cfg: DictConfig, built: Built, output_dir: Path, started: str) -> dict[str, Any]:
+    dm = built.datamodule
+    return {
+        "status": RUNNING,
+        "error": None,
+        "experiment": {
+            "name": cfg.experiment_name,
+            "method": built.method.name,
+            "backbone": cfg.backbone.get("alias") or Path(str(cfg.backbone.name)).name.split(".")[0],
+            "timm_name": cfg.backbone.name,
+            "dataset": dm.dataset,
+            "task": dm.task,
+            "group": dm.group,
+            "split": dm.split,
+            "seed": cfg.seed,
+        },
+        "reported": {"metric": reported_metric(dm.split), "value": None},
+        "metrics": {},
+        "diagnostics": {},
+        "params": count_parameters(built.model),
+        "method": built.method.describe(),
+        "train_info": {},
+        "data": {},
+        "run_info": {
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "git_sha": git_sha(),
+            "command": command_line(),
+            "output_dir": str(output_dir),
+            "started_at": started,
+            "finished_at": None,
+        },
+        "meta_info": {"versions": versions(), "device": device_name(), "precision": str(cfg.trainer.precision)},
+    }
+
+
+def reported_metric(split: str) -> str:
+    """The number tables use: final-epoch accuracy on the eval split (val200 when searching, test when final)."""
+    return "val/acc" if split == "search" else "test/acc"
+
+
+def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """``ckpt_path=last`` resumes this run's last checkpoint; an existing one is also resumed automatically."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if cfg.ckpt_path in (None, "last"):
+        if last.is_file():
+            log.info("resuming from %s", last)
+            return str(last)
+        if cfg.ckpt_path == "last":
+            raise FileNotFoundError(f"ckpt_path=last but {last} does not exist; start without ckpt_path")
+        return None
+    path = Path(cfg.ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r} does not exist; give a .ckpt file or 'last'")
+    return str(path)
+
+
+def final_evaluation(cfg: DictConfig, built: Built) -> dict[str, float]:
+    """Evaluate the final-epoch model once on the eval split (the reported number)."""
+    trainer, module, dm = built.trainer, built.module, built.datamodule
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/") and "_step" not in k}
+    if not cfg.test or trainer.fast_dev_run:
+        if trainer.fast_dev_run:
+            trainer.test(module, datamodule=dm, verbose=False)
+        return metrics
+    evaluate = trainer.validate if dm.split == "search" else trainer.test
+    for out in evaluate(module, datamodule=dm, verbose=False):
+        metrics.update({k: float(v) for k, v in out.items()})
+    return metrics
+
+
+def train_info(built: Built, wall_time: float) -> dict[str, Any]:
+    trainer = built.trainer
+    return {
+        "wall_time_s": round(wall_time, 2),
+        "peak_memory_mb": peak_memory_mb(),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+    }
+
+
+def completed_results(
+    cfg: DictConfig, built: Built, results: dict[str, Any], metrics: dict[str, float], wall_time: float
+) -> dict[str, Any]:
+    key = results["reported"]["metric"]
+    module = built.module
+    results.update(
+        status=COMPLETE,
+        reported={"metric": key, "value": metrics.get(key)},
+        metrics=metrics,
+        diagnostics={
+            "best_epoch_eval_acc": module.best_val_acc,
+            "best_epoch": module.best_val_epoch,
+            "note": "best-epoch accuracy on the eval split: a diagnostic only, never the reported number",
+        },
+        train_info=train_info(built, wall_time),
+        data=built.datamodule.describe(),
+    )
+    results["run_info"]["finished_at"] = now()
+    if results["reported"]["value"] is None:
+        results["status"] = "incomplete"
+        results["error"] = f"no {key} was computed (test=false or a debug run)"
+    return results
+
+
+def print_summary(results: dict[str, Any], path: Path) -> None:
+    exp, params = results["experiment"], results["params"]
+    value = results["reported"]["value"]
+    lines = [
+        f"method={exp['method']}  data={exp['dataset']}/{exp['task']}  split={exp['split']}  seed={exp['seed']}",
+        f"trainable params: {params['trainable']:,} of {params['total']:,} "
+        f"({params['trainable_without_head']:,} without head)",
+        f"final-epoch {results['reported']['metric']}: " + ("n/a" if value is None else f"{100 * value:.2f}%"),
+    ]
+    best = results["diagnostics"].get("best_epoch_eval_acc")
+    if best is not None:
+        lines.append(
+            f"(diagnostic) best-epoch eval acc: {100 * best:.2f}% at epoch {results['diagnostics']['best_epoch']}"
+        )
+    lines.append(f"wall time {results['train_info']['wall_time_s']:.1f} s; results written to {path}")
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    torch.set_float32_matmul_precision("high")
+    results = train(cfg)
+    return (results or {}).get("reported", {}).get("value")  # the value a Hydra sweeper optimises
+
+
+if __name__ == "__main__":
+    main()

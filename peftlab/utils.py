@@ -1,0 +1,32 @@
+"""Small runtime helpers: memory accounting and logger teardown."""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import lightning as L
+import torch
+
+
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb() -> float:
+    """Peak CUDA memory allocated when on GPU, else the process's peak resident set size."""
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def finish_wandb(trainer: L.Trainer | None) -> None:
+    """Close the W&B run of this job (in a Hydra multirun, every job must get its own run)."""
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
