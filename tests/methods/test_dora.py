@@ -1,0 +1,106 @@
+"""DoRA: parameter count, Eq. 5 on separate q/k/v weights, magnitude init, the detached norm, validation."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from peftlab.methods.dora import DoraConfig
+from peftlab.methods.inject import count_parameters
+from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+
+#: No DoRA row exists for ViT-B/16 on VTAB-1k/FGVC in the RLRR/HTA tables (the DoRA paper reports LLaMA, VL-BART and
+#: LLaVA). Derived: the LoRA row's 294,912 (r 8 on W_q, W_v of 12 blocks; 0.29 M in RLRR-P Table 2) plus one
+#: magnitude entry per output unit of each adapted matrix, 12 · 2 · 768 = 18,432.
+DORA_VIT_B16 = 294_912 + 18_432
+#: a 100-class head on ViT-B/16: 768 · 100 + 100
+HEAD_100 = 76_900
+DIM = 64  # tiny_vit width
+CONF = Path(__file__).parents[2] / "conf" / "method"
+
+
+def trainable_on_vit_b16(config: DoraConfig, num_classes: int = 0) -> int:
+    with torch.device("meta"):  # real shapes, no init time
+        model = vit_b16(num_classes)
+    return count_parameters(config.apply(model))["trainable"]
+
+
+def test_parameter_count_on_vit_b16():
+    assert trainable_on_vit_b16(DoraConfig()) == DORA_VIT_B16 == 313_344
+    assert trainable_on_vit_b16(DoraConfig(), num_classes=100) == DORA_VIT_B16 + HEAD_100
+
+
+def dora_weight(w0: torch.Tensor, layer, alpha: float, rank: int) -> torch.Tensor:
+    """Eq. 5 written out: m · (W₀ + ΔW) / ‖W₀ + ΔW‖_c, with the norm of each output unit's input weights."""
+    directed = w0 + (alpha / rank) * layer.lora_b.detach() @ layer.lora_a.detach()
+    norms = directed.pow(2).sum(dim=1, keepdim=True).sqrt()  # one norm per output row (over the inputs)
+    return layer.dora_magnitude.detach().unsqueeze(1) * directed / norms
+
+
+def test_forward_equals_formula_on_separate_q_and_v():
+    base = tiny_vit()
+    rank, alpha = 4, 6.0
+    model = DoraConfig(rank=rank, alpha=alpha, train_head=False).apply(copy.deepcopy(base)).eval()
+    perturb(model)
+    reference = copy.deepcopy(base)
+    with torch.no_grad():
+        for i, block in enumerate(base.blocks):
+            w_q, w_k, w_v = block.attn.qkv.weight.split(DIM)
+            parts = model.blocks[i].attn.qkv.parts
+            new = [dora_weight(w_q, parts["q"], alpha, rank), w_k, dora_weight(w_v, parts["v"], alpha, rank)]
+            reference.blocks[i].attn.qkv.weight.copy_(torch.cat(new))
+        x = images()
+        torch.testing.assert_close(model(x), reference(x), atol=ATOL, rtol=RTOL)
+
+
+def test_magnitude_starts_at_the_row_norms_of_a_non_square_weight():
+    base = tiny_vit()
+    model = DoraConfig(targets=["mlp.fc1"]).apply(copy.deepcopy(base))
+    layer = model.blocks[0].mlp.fc1
+    w0 = base.blocks[0].mlp.fc1.weight  # (128, 64): one magnitude per output unit
+    assert layer.dora_magnitude.shape == (w0.shape[0],)
+    torch.testing.assert_close(layer.dora_magnitude, w0.pow(2).sum(dim=1).sqrt())
+    assert torch.count_nonzero(layer.lora_b) == 0
+    torch.testing.assert_close(layer.merged_weight(), w0, atol=ATOL, rtol=RTOL)
+
+
+def test_detached_norm_changes_gradients_not_outputs():
+    outputs, grads = [], []
+    for detach in (True, False):
+        model = DoraConfig(detach_norm=detach).apply(tiny_vit())
+        perturb(model)
+        out = model(images())
+        out.square().sum().backward()
+        layer = model.blocks[0].attn.qkv.parts["q"]
+        outputs.append(out.detach())
+        grads.append((layer.dora_magnitude.grad, layer.lora_b.grad))
+    torch.testing.assert_close(outputs[0], outputs[1])
+    torch.testing.assert_close(grads[0][0], grads[1][0])  # the magnitude's gradient does not pass through the norm
+    assert not torch.allclose(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"detach_norm": "yes"}, "detach_norm='yes' is invalid: expected true or false"),
+        ({"rank": 0}, "rank=0 is invalid: expected an integer > 0"),
+        ({"dropout": 1.5}, "dropout=1.5 is invalid"),
+    ],
+)
+def test_invalid_options_name_the_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        DoraConfig(**options)
+
+
+def test_non_linear_target_is_refused_with_its_name():
+    with pytest.raises(TypeError, match="method 'dora' adapts Linear layers"):
+        DoraConfig(targets=["patch_embed.proj"]).apply(tiny_vit())
+
+
+def test_yaml_gives_the_default_config():
+    assert instantiate(OmegaConf.load(CONF / "dora.yaml")) == DoraConfig()
