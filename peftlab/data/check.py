@@ -71,8 +71,7 @@ def compose_data_config(name: str, overrides: list[str], conf_dir: Path = CONF_D
             cfg = compose(overrides=[f"+data={name}", *[o for o in overrides if o not in path_overrides]])
             default_paths = {"paths": {"data_dir": f"${{oc.env:PEFTLAB_DATA,{conf_dir.parent / 'data'}}}"}}
             cfg = OmegaConf.merge(default_paths, cfg, OmegaConf.from_dotlist(path_overrides))
-    data = OmegaConf.create({"data": cfg.data, "paths": cfg.paths})
-    return OmegaConf.create(OmegaConf.to_container(data, resolve=True)["data"])
+    return OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))  # resolves only what data uses
 
 
 def check_vtab(cfg: DictConfig, decode: bool, workers: int) -> TaskReport:
