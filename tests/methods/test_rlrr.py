@@ -1,0 +1,119 @@
+"""RLRR: paper parameter counts, Eq. 19-20 on separate q/k/v weights plus SSF, the official (non-identity) init."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from peftlab.methods.base import FusedQKV
+from peftlab.methods.inject import count_parameters
+from peftlab.methods.rlrr import RLRRConfig, RLRRLinear
+from peftlab.methods.ssf import ScaleShift
+from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16, vit_l16
+
+#: RLRR-P Table 2 (VTAB-1k, 0.33 M) and Table 3 (FGVC, 0.47 M), head included. Derived by hand from the official
+#: code (methods.md §1.3): per block q, k, v, o 4 · 3 · 768 + fc1 (768 + 2 · 3072) + fc2 (3072 + 2 · 768)
+#: + SSF after both LNs 2 · 2 · 768 = 23,808; 12 blocks + patch SSF 1,536 + final-norm SSF 1,536 = 288,768.
+RLRR_VIT_B16 = 288_768
+RLRR_TABLE_M = {"vtab": 0.33, "fgvc": 0.47}
+#: RLRR-P Table 4 (ViT-L/16, 0.82 M with the average VTAB head of a 1024-d ViT, 50,711): same rules, 24 blocks
+RLRR_VIT_L16 = 765_952
+RLRR_VIT_L16_TABLE_M = 0.82
+AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407, "vtab_large": 50_711}
+HEAD_100 = 76_900
+DIM = 64  # tiny_vit width
+CONF = Path(__file__).parents[2] / "conf" / "method"
+
+
+def counts_on(factory, num_classes: int = 0) -> dict[str, int]:
+    with torch.device("meta"):  # real shapes, no init time
+        model = factory(num_classes)
+    return count_parameters(RLRRConfig().apply(model))
+
+
+def test_parameter_count_matches_paper_on_vit_b16_and_l16():
+    assert counts_on(vit_b16)["trainable"] == RLRR_VIT_B16
+    for bench, millions in RLRR_TABLE_M.items():
+        assert round((RLRR_VIT_B16 + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
+    counts = counts_on(vit_b16, num_classes=100)
+    assert (counts["trainable"], counts["trainable_without_head"]) == (RLRR_VIT_B16 + HEAD_100, RLRR_VIT_B16)
+    assert counts_on(vit_l16)["trainable"] == RLRR_VIT_L16
+    assert round((RLRR_VIT_L16 + AVERAGE_HEAD["vtab_large"]) / 1e6, 2) == RLRR_VIT_L16_TABLE_M
+
+
+def paper_linear(layer: RLRRLinear) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 19-20 in the paper's layout ``X W`` (``W ∈ R^{in×out}``), returned in PyTorch's layout."""
+    w = layer.base_layer.weight.detach().T
+    s_left, s_right = layer.rlrr_scale_in.detach(), layer.rlrr_scale_out.detach()
+    w_new = w + s_left.view(-1, 1) * w * s_right.view(1, -1)  # W + s_left ⊙ W ⊙ s_rightᵀ
+    return w_new.T, layer.base_layer.bias.detach() + layer.rlrr_shift.detach()  # b + f
+
+
+def add_scale_shift(module: torch.nn.Module, layer: ScaleShift, channel_dim: int = -1) -> None:
+    """SSF ``γ ⊙ op(x) + β`` on the output of ``module`` (a forward hook on the reference model)."""
+    shape = [-1, 1, 1] if channel_dim == 1 else [-1]
+    scale, shift = layer.ssf_scale.detach().view(shape), layer.ssf_shift.detach().view(shape)
+    module.register_forward_hook(lambda _, __, out: out * scale + shift)
+
+
+def reference_model(base, model):
+    """``base`` with RLRR's weights written out from the paper and SSF hooks; the (perturbed) head of ``model``."""
+    reference = copy.deepcopy(base)
+    with torch.no_grad():
+        reference.head.load_state_dict(model.head.state_dict())
+        for block, ref in zip(model.blocks, reference.blocks, strict=True):
+            qkv = [paper_linear(block.attn.qkv.parts[s]) for s in "qkv"]  # three independent triples
+            ref.attn.qkv.weight.copy_(torch.cat([w for w, _ in qkv]))
+            ref.attn.qkv.bias.copy_(torch.cat([b for _, b in qkv]))
+            for name in ("attn.proj", "mlp.fc1", "mlp.fc2"):
+                weight, bias = paper_linear(block.get_submodule(name))
+                ref.get_submodule(name).weight.copy_(weight)
+                ref.get_submodule(name).bias.copy_(bias)
+            add_scale_shift(ref.norm1, block.norm1)
+            add_scale_shift(ref.norm2, block.norm2)
+    add_scale_shift(reference.patch_embed.proj, model.patch_embed.proj, channel_dim=1)
+    add_scale_shift(reference.norm, model.norm)
+    return reference
+
+
+def test_forward_equals_eq19_with_separate_qkv_and_ssf():
+    base = tiny_vit()
+    model = RLRRConfig().apply(copy.deepcopy(base)).eval()
+    perturb(model)
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference_model(base, model)(x), atol=ATOL, rtol=RTOL)
+
+
+def test_layer_types_follow_the_official_placement():
+    model = RLRRConfig().apply(tiny_vit())
+    block = model.blocks[0]
+    assert isinstance(block.attn.qkv, FusedQKV)
+    assert all(isinstance(block.attn.qkv.parts[s], RLRRLinear) for s in "qkv")
+    assert all(isinstance(block.get_submodule(n), RLRRLinear) for n in ("attn.proj", "mlp.fc1", "mlp.fc2"))
+    assert all(isinstance(m, ScaleShift) for m in (block.norm1, block.norm2, model.norm, model.patch_embed.proj))
+    assert not isinstance(model.patch_embed.norm, ScaleShift)
+
+
+def test_init_is_the_official_kaiming_uniform_so_not_identity():
+    base = tiny_vit()
+    model = RLRRConfig().apply(copy.deepcopy(base))
+    fc2 = model.blocks[0].mlp.fc2  # in = 128
+    s_in, s_out = fc2.rlrr_scale_in.detach(), fc2.rlrr_scale_out.detach()
+    bound_in, bound_out = math.sqrt(6 / 128), math.sqrt(6)
+    assert s_in.abs().max() <= bound_in and s_in.abs().max() > 0.8 * bound_in
+    assert s_out.abs().max() <= bound_out and s_out.abs().max() > 0.8 * bound_out
+    assert torch.equal(fc2.rlrr_shift, torch.zeros(DIM))
+    assert not RLRRConfig.identity_at_init
+    x = images()
+    with torch.no_grad():
+        assert not torch.allclose(model(x), base(x), atol=1e-3), "RLRR explicitly starts away from the backbone"
+
+
+def test_hydra_config_instantiates_the_defaults():
+    assert instantiate(OmegaConf.load(CONF / "rlrr.yaml")) == RLRRConfig()

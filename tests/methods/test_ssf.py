@@ -1,0 +1,91 @@
+"""SSF: paper parameter count, the scale-shift formula after every op, the official init, validation."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from peftlab.methods.inject import count_parameters
+from peftlab.methods.ssf import ScaleShift, SSFConfig
+from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+
+#: RLRR-P Table 2 / Table 3 (= HTA-P Tables 1, 2), "SSF" row: 0.24 M VTAB-1k and 0.39 M FGVC, head included.
+#: Backbone part derived by hand: a (γ, β) pair after the patch conv (768), qkv (2304), proj (768), fc1 (3072),
+#: fc2 (768), norm1 (768), norm2 (768) of 12 blocks and the final norm (768):
+#: 2 · (768 + 12 · (2304 + 768 + 3072 + 768 + 768 + 768) + 768) = 205,824.
+SSF_VIT_B16 = 205_824
+SSF_TABLE_M = {"vtab": 0.24, "fgvc": 0.39}
+#: average heads over the benchmark's tasks (methods.md, "Conventions"), and a 100-class head: 768 · 100 + 100
+AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407}
+HEAD_100 = 76_900
+CONF = Path(__file__).parents[2] / "conf" / "method"
+
+
+def trainable_on_vit_b16(num_classes: int = 0) -> dict[str, int]:
+    with torch.device("meta"):  # real shapes, no init time
+        model = vit_b16(num_classes)
+    return count_parameters(SSFConfig().apply(model))
+
+
+def test_parameter_count_matches_paper_on_vit_b16():
+    assert trainable_on_vit_b16()["trainable"] == SSF_VIT_B16
+    for bench, millions in SSF_TABLE_M.items():  # the table counts the task-averaged head: exact match
+        assert round((SSF_VIT_B16 + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
+    counts = trainable_on_vit_b16(num_classes=100)
+    assert (counts["trainable"], counts["trainable_without_head"]) == (SSF_VIT_B16 + HEAD_100, SSF_VIT_B16)
+
+
+def add_scale_shift(module: torch.nn.Module, layer: ScaleShift, channel_dim: int = -1) -> None:
+    """Paper form: ``γ ⊙ op(x) + β`` on the output of ``module`` (a forward hook on the reference model)."""
+    shape = [-1, 1, 1] if channel_dim == 1 else [-1]
+    scale, shift = layer.ssf_scale.detach().view(shape), layer.ssf_shift.detach().view(shape)
+    module.register_forward_hook(lambda _, __, out: out * scale + shift)
+
+
+def test_forward_equals_scale_shift_after_every_op():
+    base = tiny_vit()
+    model = SSFConfig().apply(copy.deepcopy(base)).eval()
+    perturb(model)
+    reference = copy.deepcopy(base)
+    with torch.no_grad():
+        reference.head.load_state_dict(model.head.state_dict())
+    add_scale_shift(reference.patch_embed.proj, model.patch_embed.proj, channel_dim=1)
+    add_scale_shift(reference.norm, model.norm)
+    for block, ref in zip(model.blocks, reference.blocks, strict=True):
+        for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2"):
+            add_scale_shift(ref.get_submodule(name), block.get_submodule(name))
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), atol=ATOL, rtol=RTOL)
+
+
+def test_init_is_the_official_normal_and_not_identity():
+    layer = SSFConfig().apply(tiny_vit()).blocks[0].mlp.fc1
+    assert isinstance(layer, ScaleShift)
+    scale, shift = layer.ssf_scale.detach(), layer.ssf_shift.detach()
+    assert abs(scale.mean() - 1) < 0.01 and 0.01 < scale.std() < 0.03  # N(1, 0.02), 128 samples
+    assert abs(shift.mean()) < 0.01 and 0.01 < shift.std() < 0.03  # N(0, 0.02)
+    assert not SSFConfig.identity_at_init
+
+
+def test_layernorm_without_affine_is_not_mergeable():
+    layer = ScaleShift(torch.nn.LayerNorm(8, elementwise_affine=False))
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(layer(x), torch.nn.functional.layer_norm(x, (8,)) * layer.ssf_scale + layer.ssf_shift)
+    assert not layer.mergeable
+
+
+def test_unsupported_target_is_refused_with_a_clear_message():
+    with pytest.raises(TypeError, match="targets must be Linear, LayerNorm or Conv2d"):
+        SSFConfig(targets=["attn"]).apply(tiny_vit())
+    with pytest.raises(ValueError, match="matches no layer"):
+        SSFConfig(targets=["attn.query"]).apply(tiny_vit())
+
+
+def test_hydra_config_instantiates_the_defaults():
+    assert instantiate(OmegaConf.load(CONF / "ssf.yaml")) == SSFConfig()
