@@ -5,8 +5,8 @@ The adapted weight is decomposed into a trainable magnitude ``m`` and a directio
     W' = m · (W₀ + ΔW) / ‖W₀ + ΔW‖_c,    ΔW = (α/r)·B A
 
 ``‖·‖_c`` is the norm of each output unit's weight vector. In PyTorch's ``W ∈ R^{out×in}`` that is the norm over
-the input dimension of each row (the paper's ``W ∈ R^{d×k}`` normalises each of its ``k`` columns, and both the
-official code and huggingface peft take ``dim=1`` of the PyTorch weight). ``m`` starts at ``‖W₀‖_c`` and ``B`` at 0,
+the input dimension of each row (the paper's ``W ∈ R^{d×k}`` normalises each of its ``k`` columns, ``m ∈ R^{1×k}``;
+huggingface peft likewise takes ``dim=1`` of the PyTorch weight). ``m`` starts at ``‖W₀‖_c`` and ``B`` at 0,
 so the model starts exactly at the pretrained function. Mergeable: inference overhead 0.
 
 Choices:

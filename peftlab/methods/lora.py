@@ -7,8 +7,8 @@ Training computes the update on activations, ``x Aᵀ Bᵀ·α/r``, never the de
 
 Choices:
     * Default targets are the q and v slices of timm's fused ``qkv`` with independent ``A``/``B`` each, as in the
-      paper (§4.2, ``W_q`` and ``W_v``) and the vision baselines (0.29 M on VTAB-1k, ViT-B/16, r = 8). Any of
-      ``attn.q``, ``attn.k``, ``attn.v``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` can be targeted.
+      paper's main experiments (``W_q`` and ``W_v``) and the vision baselines (0.29 M on VTAB-1k, ViT-B/16, r = 8).
+      Any of ``attn.q``, ``attn.k``, ``attn.v``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` can be targeted.
     * ``alpha`` defaults to ``rank`` (scale 1), so changing the rank does not silently change the scale.
     * ``A`` uses ``kaiming_uniform_(a=√5)`` (the nn.Linear default, also used by the reference implementation).
     * ``dropout`` applies to the input of the LoRA branch only.
