@@ -1,0 +1,167 @@
+"""AOFT: parameter counts against the reported figures, the generator and both variants written out densely, init,
+float32 generation under autocast, validation."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from peftlab.methods.aoft import AOFTAdapter, AOFTAdapterConfig, AOFTConfig, AOFTLinear
+from peftlab.methods.inject import count_parameters
+from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+
+#: AOFT-P main tables as reprinted by secondary summaries (methods.md §3.3, [S]): LoRA+AOFT 0.22 M on FGVC;
+#: Adapter+AOFT(*) 0.06 M on VTAB-1k and 0.20 M on FGVC, head included. Derived by hand (methods.md §3.4):
+#: LoRA+AOFT on W_q, W_v: 12 · 2 · (768 + 768) = 36,864; one FFN adapter per block: 12 · (768 + 768) = 18,432.
+AOFT_VIT_B16 = 36_864
+ADAPTER_VIT_B16 = 18_432
+AOFT_TABLE_M = {"fgvc": 0.22}
+ADAPTER_TABLE_M = {"vtab": 0.06, "fgvc": 0.20}
+#: our zero-initialised scale λ (needed to start at ΔW = 0): one gate per module, or rank 8 values with use_scale
+GATES = {"aoft": 24, "aoft_adapter": 12}
+RANK = 8
+AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407}
+HEAD_100 = 76_900
+DIM = 64  # tiny_vit width
+CONF = Path(__file__).parents[2] / "conf" / "method"
+
+
+def trainable_on_vit_b16(config, num_classes: int = 0) -> dict[str, int]:
+    with torch.device("meta"):  # real shapes, no init time
+        model = vit_b16(num_classes)
+    return count_parameters(config.apply(model))
+
+
+@pytest.mark.parametrize("use_scale", [False, True])
+def test_lora_aoft_count_matches_the_reported_figure(use_scale):
+    scales = GATES["aoft"] * (RANK if use_scale else 1)
+    counts = trainable_on_vit_b16(AOFTConfig(use_scale=use_scale), num_classes=100)
+    assert counts["trainable_without_head"] == AOFT_VIT_B16 + scales
+    assert counts["trainable"] == AOFT_VIT_B16 + scales + HEAD_100
+    for bench, millions in AOFT_TABLE_M.items():  # the scales do not change the reported rounding
+        assert round((AOFT_VIT_B16 + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
+        assert round((AOFT_VIT_B16 + scales + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
+
+
+@pytest.mark.parametrize("use_scale", [False, True])
+def test_adapter_aoft_count_matches_the_reported_figures(use_scale):
+    scales = GATES["aoft_adapter"] * (RANK if use_scale else 1)
+    counts = trainable_on_vit_b16(AOFTAdapterConfig(use_scale=use_scale), num_classes=100)
+    assert counts["trainable_without_head"] == ADAPTER_VIT_B16 + scales
+    assert counts["trainable"] == ADAPTER_VIT_B16 + scales + HEAD_100
+    for bench, millions in ADAPTER_TABLE_M.items():
+        assert round((ADAPTER_VIT_B16 + scales + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
+
+
+def dense_q(q: torch.Tensor) -> torch.Tensor:
+    """The full ``D×D`` generator, entry by entry: first row ``(q_0, -q_1, …)``, first column ``q``, lower-right
+    ``δ_ij - q_i q_j / (1 + q_0)``."""
+    n = q.numel()
+    out = torch.empty(n, n)
+    for i in range(n):
+        for j in range(n):
+            if i == 0 or j == 0:
+                out[i, j] = q[0] if i == j else (-q[j] if i == 0 else q[i])
+            else:
+                out[i, j] = float(i == j) - q[i] * q[j] / (1 + q[0])
+    return out
+
+
+def paper_projections(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rank = layer.rank
+    down = dense_q(layer.aoft_q_down.detach())[:, :rank]
+    up = dense_q(layer.aoft_q_up.detach())[:, :rank]
+    scale = layer.aoft_scale.detach().expand(rank)
+    return down, scale, up
+
+
+def paper_weight(layer: AOFTLinear) -> torch.Tensor:
+    """``W + AO(q_down) diag(λ) AO(q_up)ᵀ`` in the paper's ``in×out`` layout, returned as out×in."""
+    down, scale, up = paper_projections(layer)
+    return (layer.base_layer.weight.detach().T + down @ torch.diag(scale) @ up.T).T
+
+
+@pytest.mark.parametrize("use_scale", [False, True])
+def test_lora_aoft_forward_equals_the_formula_on_q_and_v(use_scale):
+    base = tiny_vit()
+    model = AOFTConfig(use_scale=use_scale).apply(copy.deepcopy(base)).eval()
+    perturb(model)
+    reference = copy.deepcopy(base)
+    with torch.no_grad():
+        reference.head.load_state_dict(model.head.state_dict())
+        for block, ref in zip(model.blocks, reference.blocks, strict=True):
+            parts = block.attn.qkv.parts
+            w_k = ref.attn.qkv.weight[DIM : 2 * DIM].clone()
+            ref.attn.qkv.weight.copy_(torch.cat([paper_weight(parts["q"]), w_k, paper_weight(parts["v"])]))
+        x = images()
+        torch.testing.assert_close(model(x), reference(x), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("position", ["parallel", "sequential"])
+def test_adapter_aoft_forward_equals_the_formula(position):
+    base = tiny_vit()
+    model = AOFTAdapterConfig(use_scale=True, position=position).apply(copy.deepcopy(base)).eval()
+    perturb(model)
+    adapter = model.blocks[1].mlp
+    assert isinstance(adapter, AOFTAdapter)
+    down, scale, up = paper_projections(adapter)
+    x = torch.randn(2, 5, DIM)
+    with torch.no_grad():
+        mlp_out = base.blocks[1].mlp(x)
+        source = x if position == "parallel" else mlp_out
+        expected = mlp_out + (torch.nn.functional.gelu(source @ down) * scale) @ up.T
+        torch.testing.assert_close(adapter(x), expected, atol=ATOL, rtol=RTOL)
+
+
+def test_init_has_orthonormal_generators_and_a_zero_scale():
+    layer = AOFTConfig().apply(tiny_vit()).blocks[0].attn.qkv.parts["v"]
+    for q in (layer.aoft_q_down, layer.aoft_q_up):
+        q = q.detach()
+        assert torch.allclose(q.norm(), torch.tensor(1.0)) and 0.5 < q[0] < 0.9
+        basis = dense_q(q)
+        torch.testing.assert_close(basis.T @ basis, torch.eye(DIM), atol=ATOL, rtol=RTOL)
+    assert torch.equal(layer.aoft_scale, torch.zeros(1))
+    torch.testing.assert_close(layer.merged_weight(), layer.base_layer.weight, atol=0, rtol=0)
+
+
+def test_generators_run_in_float32_under_bf16_autocast():
+    for config in (AOFTConfig(), AOFTAdapterConfig()):
+        base = tiny_vit()
+        model = config.apply(copy.deepcopy(base)).eval()
+        perturb(model)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(images()).float()
+        with torch.no_grad():
+            full = model(images())
+        assert torch.isfinite(low).all()
+        torch.testing.assert_close(low, full, atol=0.02 * full.abs().max().item(), rtol=0.02)
+
+
+@pytest.mark.parametrize(
+    "config, kwargs, message",
+    [
+        (AOFTConfig, {"rank": 0}, "rank=0 is invalid: expected an integer >= 1"),
+        (AOFTConfig, {"rank": 2.5}, "rank=2.5 is invalid"),
+        (AOFTConfig, {"use_scale": "yes"}, "use_scale='yes' is invalid: expected true or false"),
+        (AOFTAdapterConfig, {"activation": "tanh"}, "activation='tanh' is invalid: expected one of gelu, relu"),
+        (AOFTAdapterConfig, {"position": "middle"}, "position='middle' is invalid: expected one of parallel"),
+    ],
+)
+def test_invalid_options_are_named(config, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        config(**kwargs)
+
+
+def test_rank_above_the_width_is_refused_with_the_limit():
+    with pytest.raises(ValueError, match="rank=65 is invalid: expected at most 64"):
+        AOFTConfig(rank=65).apply(tiny_vit())
+
+
+def test_hydra_configs_instantiate_the_defaults():
+    assert instantiate(OmegaConf.load(CONF / "aoft.yaml")) == AOFTConfig()
+    assert instantiate(OmegaConf.load(CONF / "aoft_adapter.yaml")) == AOFTAdapterConfig()
