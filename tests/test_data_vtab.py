@@ -75,26 +75,28 @@ def test_demo_layout_is_the_noah_layout(tmp_path):
 
 
 def test_demo_is_deterministic_and_skipped_when_complete(tmp_path):
-    first, second = make_demo_dataset(tmp_path / "a", seed=3), make_demo_dataset(tmp_path / "b", seed=3)
+    first = make_demo_dataset(tmp_path / "a", image_size=8, seed=3)
+    second = make_demo_dataset(tmp_path / "b", image_size=8, seed=3)
     assert digest_tree(first) == digest_tree(second)
     stamp = (first / "test.txt").stat().st_mtime_ns
-    make_demo_dataset(first, seed=3)
+    make_demo_dataset(first, image_size=8, seed=3)
     assert (first / "test.txt").stat().st_mtime_ns == stamp
-    assert digest_tree(make_demo_dataset(tmp_path / "c", seed=4)) != digest_tree(first)
+    assert digest_tree(make_demo_dataset(tmp_path / "c", image_size=8, seed=4)) != digest_tree(first)
 
 
 def test_demo_refuses_a_folder_with_other_settings(tmp_path):
-    make_demo_dataset(tmp_path / "demo", num_classes=4)
+    make_demo_dataset(tmp_path / "demo", num_classes=4, image_size=8)
     with pytest.raises(DataError, match=r"(?s)not a complete demo dataset.*fix: delete this folder"):
-        make_demo_dataset(tmp_path / "demo", num_classes=5)
+        make_demo_dataset(tmp_path / "demo", num_classes=5, image_size=8)
 
 
 def test_demo_datamodule_generates_and_serves_batches(tmp_path):
-    data = VTABDataModule(tmp_path / "demo", "demo", 4, "demo", "demo", num_workers=0, image_size=32,
+    data = VTABDataModule(tmp_path / "demo", "demo", 4, "demo", "demo", num_workers=0, image_size=8,
                           generate_demo=True)
     data.setup()
     images, labels = next(iter(data.train_dataloader()))
-    assert images.shape == (32, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert (tmp_path / "demo" / "DEMO_INFO.json").is_file()
+    assert images.shape == (32, 3, 8, 8) and images.dtype == torch.float32 and labels.dtype == torch.int64
     assert (data.num_classes, data.dataset, data.task, data.group, data.split) == (4, "demo", "demo", "demo", "final")
 
 
