@@ -62,7 +62,8 @@ class _AOFTLayer(AdapterLayer):
     def __init__(self, base_layer: nn.Module, dim_in: int, dim_out: int, rank: int, use_scale: bool, **factory):
         super().__init__(base_layer)
         if rank > min(dim_in, dim_out):
-            raise ValueError(f"method option rank={rank} is invalid: expected at most {min(dim_in, dim_out)} here")
+            width = min(dim_in, dim_out)
+            raise ValueError(f"method option rank={rank} is invalid: expected at most {width}, the width of the layer")
         self.rank = rank
         self.aoft_q_down = nn.Parameter(torch.empty(dim_in, **factory))
         self.aoft_q_up = nn.Parameter(torch.empty(dim_out, **factory))

@@ -90,7 +90,8 @@ def ao_basis(q: Tensor, rank: int, eps: float = 1e-4) -> Tensor:
     With ``q = (q_0, u)``, ``Q = [[q_0, -uᵀ], [u, I - u uᵀ / (1 + q_0)]]``, which is exactly orthogonal when ``‖q‖ = 1``
     and approximately so otherwise (the norm is deliberately not enforced). Column 0 is ``q``; column ``j >= 1`` is
     ``(-q_j; e_j - u q_j / (1 + q_0))``, so the ``D×rank`` result costs O(D·rank) and ``Q`` is never built.
-    ``|1 + q_0|`` is kept at least ``eps`` (sign preserved) so the division stays finite.
+    ``|1 + q_0|`` is kept at least ``eps`` (sign preserved) so the division stays finite. Only secondary summaries of
+    the paper were available, so no equation number is cited; column 0 = ``q`` is a reconstruction.
     """
     q0, u = q[0], q[1:]
     denom = 1 + q0

@@ -20,8 +20,9 @@ Choices (the paper leaves them open):
   reflection, the property that motivates the paper (a zero ``v`` would never get a gradient: ``H`` is quadratic in
   ``v``). While ``d = 0`` the ``v`` vectors get no gradient; ``d`` moves at the first step and releases them.
 * ``compute: activation`` (default) applies ``H`` as ``x - (x v) vᵀ`` in O(N·D) and never builds a D×D matrix;
-  ``compute: weight`` builds ``W + ΔW`` and runs one GEMM (its backward adds the weight-gradient GEMM). The Householder
-  terms run in float32 even under autocast.
+  ``compute: weight`` builds ``W + ΔW`` and runs one GEMM (its backward adds the weight-gradient GEMM). Both cost the
+  same on CPU (ViT-B layer, forward + backward); on GPU they are not yet measured. The Householder terms run in float32
+  even under autocast.
 
 Mergeable (``W + ΔW``): zero inference overhead. Trainable parameters on ViT-B/16, head excluded: 184,320.
 """

@@ -1,9 +1,9 @@
 """SSF: Scaling & Shifting your Features (Lian, Zhou, Feng, Wang; NeurIPS 2022; arXiv 2210.08823).
 
-A learnable per-channel scale ``γ`` and shift ``β`` follow an operation: ``y = γ ⊙ op(x) + β`` (SSF Eq. 1 on the
-operation's output). As a method it follows every operation of the ViT, as in the official ``ssf_ada`` placement: the
-patch-embedding conv, the fused qkv, the attention projection, fc1, fc2, both LayerNorms of every block and the final
-LayerNorm. :class:`ScaleShift` is also the SSF part of RLRR.
+A learnable per-channel scale ``γ`` and shift ``β`` follow an operation: ``y = γ ⊙ op(x) + β``. As a method it follows
+every operation of the ViT, as in the official ``ssf_ada`` placement: the patch-embedding conv, the fused qkv, the
+attention projection, fc1, fc2, both LayerNorms of every block and the final LayerNorm.
+:class:`ScaleShift` is also the SSF part of RLRR.
 
 Init as the official ``init_ssf_scale_shift``: ``γ ~ N(1, 0.02)``, ``β ~ N(0, 0.02)``, so SSF does *not* start exactly
 at the pretrained function. The scale/shift folds into the preceding op (``γ ⊙ W`` per output channel,

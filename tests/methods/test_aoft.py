@@ -158,7 +158,7 @@ def test_invalid_options_are_named(config, kwargs, message):
 
 
 def test_rank_above_the_width_is_refused_with_the_limit():
-    with pytest.raises(ValueError, match="rank=65 is invalid: expected at most 64"):
+    with pytest.raises(ValueError, match="rank=65 is invalid: expected at most 64, the width"):
         AOFTConfig(rank=65).apply(tiny_vit())
 
 
