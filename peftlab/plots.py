@@ -62,7 +62,7 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
     first = math.floor(low / step) * step
-    return [first + i * step for i in range(int(math.ceil((high - first) / step + 1e-9)) + 1)]
+    return [first + i * step for i in range(math.ceil((high - first) / step - 1e-9) + 1)]
 
 
 def _value_range(series: Series, ylim: tuple[float, float] | None) -> tuple[float, float]:

@@ -533,26 +533,36 @@ def save_plots(table: Table, out: Path) -> list[Path]:
     return written
 
 
+def wandb_payload(tables: Sequence[Table]) -> dict:
+    """``{"<dataset>/table": wandb.Table, "<dataset>/<summary column>": bar plot}`` for every table."""
+    import wandb
+
+    payload = {}
+    for table in tables:
+        columns = _columns(table.layout)
+        header = ["row", "kind", "seeds", *(n for _, n in columns), PARAMS_HEAD, PARAMS_NO_HEAD]
+        data = [
+            [r.label, r.kind, r.seeds, *(r.cells[k].value if k in r.cells else None for k, _ in columns),
+             r.params.get(PARAMS_HEAD), r.params.get(PARAMS_NO_HEAD)]
+            for r in table.rows
+        ]  # fmt: skip
+        payload[f"{table.layout.dataset}/table"] = wandb.Table(columns=header, data=data)
+        for key, title in table.layout.summaries.items():
+            points = [[r.label, r.cells[key].value] for r in table.rows if r.kind != "delta" and key in r.cells]
+            bars = wandb.Table(columns=["row", "accuracy"], data=points)
+            payload[f"{table.layout.dataset}/{key}"] = wandb.plot.bar(
+                bars, "row", "accuracy", title=f"{table.layout.title}: {title}"
+            )
+    return payload
+
+
 def log_wandb(tables: Sequence[Table], project: str, name: str | None = None) -> None:
-    """Log each table as a ``wandb.Table`` and each summary column as a bar plot. Honors ``WANDB_MODE``."""
+    """Log the tables and bar plots in one step of a ``job_type="report"`` run; ``WANDB_MODE`` is honoured."""
     import wandb
 
     run = wandb.init(project=project, name=name, job_type="report")
     try:
-        for table in tables:
-            columns = _columns(table.layout)
-            header = ["row", "kind", "seeds", *(n for _, n in columns), "params_m", "params_m_no_head"]
-            data = [
-                [r.label, r.kind, r.seeds, *(r.cells[k].value if k in r.cells else None for k, _ in columns),
-                 r.params.get(PARAMS_HEAD), r.params.get(PARAMS_NO_HEAD)]
-                for r in table.rows
-            ]  # fmt: skip
-            run.log({f"{table.layout.dataset}/table": wandb.Table(columns=header, data=data)})
-            for key, title in table.layout.summaries.items():
-                points = [[r.label, r.cells[key].value] for r in table.rows if r.kind != "delta" and key in r.cells]
-                bars = wandb.Table(columns=["row", "accuracy"], data=points)
-                plot = wandb.plot.bar(bars, "row", "accuracy", title=f"{table.layout.title}: {title}")
-                run.log({f"{table.layout.dataset}/{key}": plot})
+        run.log(wandb_payload(tables))
     finally:
         run.finish()
 
