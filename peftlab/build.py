@@ -21,6 +21,8 @@ log = logging.getLogger("peftlab")
 
 #: trainer-group keys that configure peftlab rather than ``lightning.Trainer``
 TRAINER_EXTRAS = ("compile",)
+#: data-group keys that set the training protocol (read by the trainer/optim groups), not datamodule arguments
+PROTOCOL_KEYS = ("epochs", "warmup_epochs")
 
 
 @dataclass
@@ -45,14 +47,20 @@ def build(cfg: DictConfig, loggers: bool = True) -> Built:
     method = build_method(cfg)
     model = build_model(cfg, method)
     norm = data_config(model)
-    datamodule = instantiate(cfg.data, mean=norm["mean"], std=norm["std"], _convert_="all")
+    datamodule = build_datamodule(cfg, mean=norm["mean"], std=norm["std"])
     recipe = instantiate(cfg.optim, _convert_="all")
     recipe.pop("lr", None)  # consumed by the optimizer's interpolation
     module = ClassificationModule(model=model, num_classes=cfg.data.num_classes, **recipe)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.trainer.get("compile"):
         module.model = compile_model(module.model)
     trainer = build_trainer(cfg, method, with_loggers=loggers)
     return Built(datamodule=datamodule, method=method, module=module, trainer=trainer)
+
+
+def build_datamodule(cfg: DictConfig, **kwargs: Any) -> L.LightningDataModule:
+    data_cfg = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in PROTOCOL_KEYS}
+    return instantiate(data_cfg, **kwargs, _convert_="all")
 
 
 def build_method(cfg: DictConfig) -> MethodConfig:
@@ -100,9 +108,8 @@ def compile_model(model: nn.Module) -> nn.Module:
 
 
 def build_trainer(cfg: DictConfig, method: MethodConfig, with_loggers: bool = True) -> L.Trainer:
-    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()}
-    for key in TRAINER_EXTRAS:
-        trainer_kwargs.pop(key, None)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs = {k: v for k, v in trainer_cfg.items() if k not in TRAINER_EXTRAS}
     callbacks = instantiate_dict(cfg.get("callbacks"))
     if not any(is_progress_bar(cb) for cb in callbacks):
         bar = progress_callback()

@@ -53,6 +53,7 @@ class ClassificationModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.strict_loading = False  # checkpoints hold trainable tensors only; checked in on_load_checkpoint
+        self.run_config: dict[str, Any] | None = None  # the resolved training config, saved in checkpoints
         self.best_val_acc: float | None = None
         self.best_val_epoch: int | None = None
 
@@ -112,7 +113,11 @@ class ClassificationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {PREFIX + k: v for k, v in trainable_state_dict(self.model).items()}
-        checkpoint["peftlab"] = {"best_val_acc": self.best_val_acc, "best_val_epoch": self.best_val_epoch}
+        checkpoint["peftlab"] = {
+            "config": self.run_config,
+            "best_val_acc": self.best_val_acc,
+            "best_val_epoch": self.best_val_epoch,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_state_keys((PREFIX + k for k in trainable_state_dict(self.model)), checkpoint["state_dict"])

@@ -46,6 +46,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started, t0 = now(), time.perf_counter()
     reset_peak_memory()
     built = build(cfg)
+    check_data(built)
     results = initial_results(cfg, built, output_dir, started)
     write_results(output_dir, results)
     try:
@@ -64,6 +65,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def check_data(built: Built) -> None:
+    """Read and check the split files (and fill the decoded-image cache) before any result is written, so bad data
+    fails fast and leaves nothing behind. Lightning's own ``setup`` call inside ``fit`` is then a no-op."""
+    built.datamodule.trainer = built.trainer
+    built.datamodule.setup("fit")
+
+
 def initial_results(cfg: DictConfig, built: Built, output_dir: Path, started: str) -> dict[str, Any]:
     dm = built.datamodule
     return {
@@ -72,7 +80,7 @@ def initial_results(cfg: DictConfig, built: Built, output_dir: Path, started: st
         "experiment": {
             "name": cfg.experiment_name,
             "method": built.method.name,
-            "backbone": cfg.backbone.get("alias") or Path(str(cfg.backbone.name)).name.split(".")[0],
+            "backbone": group_choice("backbone", default=str(cfg.backbone.name)),
             "timm_name": cfg.backbone.name,
             "dataset": dm.dataset,
             "task": dm.task,
@@ -99,6 +107,15 @@ def initial_results(cfg: DictConfig, built: Built, output_dir: Path, started: st
     }
 
 
+def group_choice(group: str, default: str) -> str:
+    """The option chosen for a config group (e.g. ``vit_b16_in21k``), when Hydra is running."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group, default))
+    return default
+
+
 def reported_metric(split: str) -> str:
     """The number tables use: final-epoch accuracy on the eval split (val200 when searching, test when final)."""
     return "val/acc" if split == "search" else "test/acc"
@@ -122,14 +139,20 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
 
 def final_evaluation(cfg: DictConfig, built: Built) -> dict[str, float]:
     """Evaluate the final-epoch model once on the eval split (the reported number)."""
-    trainer, module, dm = built.trainer, built.module, built.datamodule
+    trainer = built.trainer
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/") and "_step" not in k}
-    if not cfg.test or trainer.fast_dev_run:
-        if trainer.fast_dev_run:
-            trainer.test(module, datamodule=dm, verbose=False)
-        return metrics
-    evaluate = trainer.validate if dm.split == "search" else trainer.test
-    for out in evaluate(module, datamodule=dm, verbose=False):
+    if trainer.fast_dev_run:
+        trainer.test(built.module, datamodule=built.datamodule, verbose=False)
+    elif cfg.test:
+        metrics.update(evaluate_split(built))
+    return metrics
+
+
+def evaluate_split(built: Built, ckpt_path: str | None = None) -> dict[str, float]:
+    """Accuracy on the eval split: ``val/*`` on val200 when searching, ``test/*`` on the test set when final."""
+    evaluate = built.trainer.validate if built.datamodule.split == "search" else built.trainer.test
+    metrics: dict[str, float] = {}
+    for out in evaluate(built.module, datamodule=built.datamodule, ckpt_path=ckpt_path, verbose=False):
         metrics.update({k: float(v) for k, v in out.items()})
     return metrics
 

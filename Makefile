@@ -1,0 +1,48 @@
+# peftlab — run `make help` for the targets. Everything installs into ./.venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install demo train test test-fast test-gpu lint format bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install peftlab with its dev tools
+
+demo: $(STAMP) ## set up, then train the embedded default (offline demo task, a few minutes on CPU)
+	$(BIN)/python -m peftlab.train
+
+train: $(STAMP) ## train with overrides: make train ARGS="method=hta data=vtab1k/dtd"
+	$(BIN)/python -m peftlab.train $(ARGS)
+
+test: $(STAMP) ## set up, then run the whole test suite (slow tests included; GPU tests skip without CUDA)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## the test suite without the slow end-to-end tests
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-gpu: $(STAMP) ## only the GPU tests
+	$(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check peftlab tests experiments
+	$(BIN)/ruff format --check peftlab tests experiments
+
+format: $(STAMP) ## ruff fix + format
+	$(BIN)/ruff check --fix peftlab tests experiments
+	$(BIN)/ruff format peftlab tests experiments
+
+bench: $(STAMP) ## throughput/memory benchmark of every method (ARGS="--backbone vit_b16 --device cuda" on a GPU)
+	$(BIN)/python experiments/bench.py $(ARGS)
+
+clean: ## remove caches (keeps logs/ and data/)
+	rm -rf .pytest_cache .ruff_cache **/__pycache__
