@@ -1,0 +1,121 @@
+"""VPT-Shallow / VPT-Deep: counts, the token sequence of §3.2 written out on timm's own components, pooling."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from peftlab.methods import NotMergeableError
+from peftlab.methods.inject import SHARED, count_parameters, merge_and_unload
+from peftlab.methods.vpt import PromptedBlocks, VptConfig, VptDeepConfig
+from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+
+HEAD_100 = 768 * 100 + 100
+# VPT §3.2: shallow p·D, deep N·p·D parameters (D = 768, N = 12 on ViT-B/16). The published rows (VTAB-1k 0.11 M /
+# 0.60 M, FGVC 0.25 M / 0.85 M in RLRR-P Tables 2-3) average per-task prompt lengths and heads, so they cannot be
+# reproduced without those lengths; the formula is asserted for p = 50: 50·768 and 12·50·768.
+SHALLOW_P50 = 38_400
+DEEP_P50 = 460_800
+
+
+def vit_b16_counts(config, num_classes: int = 0) -> dict[str, int]:
+    with torch.device("meta"):  # shapes only
+        return count_parameters(config.apply(vit_b16(num_classes)))
+
+
+@pytest.mark.parametrize("config, expected", [(VptConfig, SHALLOW_P50), (VptDeepConfig, DEEP_P50)])
+def test_parameter_count_vit_b16(config, expected):
+    assert vit_b16_counts(config(num_prompts=50))["trainable"] == expected
+    assert vit_b16_counts(config(num_prompts=50), num_classes=100)["trainable"] == expected + HEAD_100
+
+
+def manual_forward(base, prompts, deep: bool, x):
+    """VPT §3.2 on the frozen model's components: ``[x₀, P, E₀]`` into block 1, for deep ``[x_{i-1}, P_{i-1},
+    E_{i-1}]`` into every later block, prompt outputs dropped before the final norm and the head."""
+    tokens = base.norm_pre(base.patch_drop(base._pos_embed(base.patch_embed(x))))
+    batch, p = tokens.shape[0], prompts.shape[1]
+    for i, block in enumerate(base.blocks):
+        if i == 0 or deep:
+            rest = tokens[:, 1:] if i == 0 else tokens[:, 1 + p :]
+            tokens = torch.cat([tokens[:, :1], prompts[i if deep else 0].expand(batch, -1, -1), rest], dim=1)
+        tokens = block(tokens)
+    features = base.norm(torch.cat([tokens[:, :1], tokens[:, 1 + p :]], dim=1))
+    return base.forward_head(features)
+
+
+@pytest.mark.parametrize("config", [VptConfig, VptDeepConfig], ids=["shallow", "deep"])
+@pytest.mark.parametrize("global_pool", ["token", "avg"])
+def test_forward_matches_the_prompted_token_sequence(config, global_pool):
+    base = tiny_vit(global_pool=global_pool)
+    model = config(num_prompts=3).apply(copy.deepcopy(base)).eval()
+    perturb(model, scale=0.5)
+    base.head.load_state_dict(model.head.state_dict())  # the head trains too
+    prompts = getattr(model, SHARED).vpt_prompts
+    assert prompts.shape == ((2, 3, 64) if config.deep else (1, 3, 64))
+    x = images()
+    with torch.no_grad():
+        expected = manual_forward(base, prompts, config.deep, x)
+        torch.testing.assert_close(model(x), expected, atol=ATOL, rtol=RTOL)
+        assert model.forward_features(x).shape == base.forward_features(x).shape
+
+
+def test_deep_and_shallow_differ_and_neither_is_identity():
+    base = tiny_vit()
+    x = images()
+    with torch.no_grad():
+        outputs = [cfg().apply(copy.deepcopy(base)).eval()(x) for cfg in (VptConfig, VptDeepConfig)]
+        reference = base(x)
+    assert not torch.allclose(outputs[0], reference, atol=1e-4)
+    assert not torch.allclose(outputs[1], reference, atol=1e-4)
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
+
+
+def test_prompt_init_is_xavier_with_patch_fan_in():
+    """VPT's official init: uniform(±√(6 / (3·patch_area + D))); tiny ViT: patch 8, D 64."""
+    model = VptDeepConfig(num_prompts=50).apply(tiny_vit())
+    prompts = getattr(model, SHARED).vpt_prompts
+    bound = math.sqrt(6 / (3 * 8 * 8 + 64))
+    assert prompts.abs().max() <= bound
+    assert prompts.abs().max() > 0.9 * bound
+
+
+def test_prompt_dropout_only_in_training():
+    model = VptConfig(dropout=0.5).apply(tiny_vit())
+    x = images()
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model(x), model(x), atol=0, rtol=0)
+        model.train()
+        torch.manual_seed(0)
+        first = model(x)
+        torch.manual_seed(1)
+        assert not torch.allclose(first, model(x))
+
+
+def test_merge_is_refused_with_a_clear_message():
+    model = VptDeepConfig().apply(tiny_vit())
+    assert isinstance(model.blocks, PromptedBlocks)
+    with pytest.raises(NotMergeableError, match="PromptedBlocks.*extra tokens"):
+        merge_and_unload(model)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_prompts": 0}, "num_prompts=0.*integer > 0"),
+        ({"num_prompts": 2.0}, "num_prompts=2.0.*integer > 0"),
+        ({"dropout": -0.1}, "dropout=-0.1"),
+        ({"dropout": 1}, r"dropout=1.*\[0, 1\)"),
+    ],
+)
+def test_invalid_options_name_the_option(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VptDeepConfig(**kwargs)
+
+
+def test_target_must_be_the_blocks_sequential():
+    with pytest.raises(TypeError, match="Sequential of transformer blocks.*'blocks.0' is a Block"):
+        VptConfig(targets=["blocks.0"]).apply(tiny_vit())
