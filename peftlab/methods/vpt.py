@@ -19,8 +19,8 @@ of prefix tokens) in ``create_shared``; the wrapper references them.
 
 Parameter counts (ViT-B/16, D = 768, 12 blocks): shallow ``p·768``, deep ``12·p·768`` (e.g. p = 50: 38,400 and
 460,800; + 76,900 with a 100-class head). The VTAB-1k rows of RLRR-P/HTA-P (VPT-Shallow 0.11 M, VPT-Deep 0.60 M) and
-FGVC (0.25 M, 0.85 M) average over per-task prompt lengths and include the heads; the lengths are in the VPT paper's
-supplement, not reproduced here. Subtracting the mean heads (VTAB 38,045; FGVC 180,407) implies mean lengths of
+FGVC (0.25 M, 0.85 M) average over per-task prompt lengths and include the heads; those lengths were not available,
+so the rows are not reproduced. Subtracting the mean heads (VTAB 38,045; FGVC 180,407) implies mean lengths of
 about 94 (shallow) / 61 (deep) on VTAB-1k and 91 / 73 on FGVC.
 
 Choices:
