@@ -24,12 +24,22 @@ from PIL import Image, ImageDraw, ImageFont
 PALETTE = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 )  # fmt: skip
-MARGIN_LEFT, MARGIN_TOP, MARGIN_BOTTOM, LEGEND_WIDTH = 70, 40, 110, 260
+MARGIN_LEFT, MARGIN_TOP, MARGIN_BOTTOM, LEGEND_WIDTH = 70, 40, 110, 300
 PLOT_HEIGHT = 320
-LABEL_CHARS = 34
+LABEL_CHARS = 40
 
 Series = Mapping[str, Sequence[float | None]]
+# glyphs PIL's built-in font lacks, spelled out
+ASCII_FALLBACK = {"≤": "<=", "≥": ">=", "†": "(dagger)", "λ": "lambda", "Δ": "Delta ", "–": "-", "—": "-"}
+
+
+def _printable(text: str) -> str:
+    for symbol, spelled in ASCII_FALLBACK.items():
+        text = text.replace(symbol, spelled)
+    return text
 
 
 def _font(size: int = 13) -> ImageFont.ImageFont:
@@ -82,6 +92,7 @@ def _tick_label(value: float) -> str:
 
 def _rotated_text(image: Image.Image, text: str, anchor_xy: tuple[float, float], angle: int, font) -> None:
     """Paste ``text`` rotated by ``angle`` degrees so that its end sits at ``anchor_xy`` (for axis labels)."""
+    text = _printable(text)
     left, top, right, bottom = font.getbbox(text)
     tile = Image.new("RGBA", (right - left + 4, bottom - top + 4), (255, 255, 255, 0))
     ImageDraw.Draw(tile).text((2 - left, 2 - top), text, fill=(0, 0, 0), font=font)
@@ -101,7 +112,7 @@ def _draw_axes(image: Image.Image, frame: _Frame, title: str, ylabel: str, log_y
         draw.text((frame.left - 6, y), label, fill=(0, 0, 0), font=font, anchor="rm")
     draw.line((frame.left, frame.top, frame.left, frame.bottom), fill=(0, 0, 0))
     draw.line((frame.left, frame.bottom, frame.right, frame.bottom), fill=(0, 0, 0))
-    draw.text(((frame.left + frame.right) / 2, 12), title, fill=(0, 0, 0), font=_font(15), anchor="mt")
+    draw.text(((frame.left + frame.right) / 2, 12), _printable(title), fill=(0, 0, 0), font=_font(15), anchor="mt")
     if ylabel:
         _rotated_text(image, ylabel, (8, (frame.top + frame.bottom) / 2), 90, font)
 
@@ -111,6 +122,7 @@ def _draw_legend(draw: ImageDraw.ImageDraw, labels: Sequence[str], x: int, y: in
     for i, label in enumerate(labels):
         top = y + 18 * i
         draw.rectangle((x, top + 2, x + 12, top + 14), fill=PALETTE[i % len(PALETTE)])
+        label = _printable(label)
         text = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
         draw.text((x + 18, top), text, fill=(0, 0, 0), font=font)
 

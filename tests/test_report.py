@@ -21,7 +21,8 @@ def write_result(root: Path, task: str, seed: int, value: float | None, **fields
     dataset = fields.get("dataset", "vtab1k")
     classes = {**VTAB_TASKS, **FGVC_TASKS}[task].num_classes if task in {**VTAB_TASKS, **FGVC_TASKS} else 4
     finished = fields.get("finished_at", "2026-11-22T20:13:32")
-    folder = root / fields.get("method", "rlrr") / dataset / task / f"seed{seed}_{finished.replace(':', '')}"
+    run_name = f"{fields.get('split', 'final')}_seed{seed}_{finished.replace(':', '')}"
+    folder = root / fields.get("method", "rlrr") / dataset / task / run_name
     folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "status": fields.get("status", "complete"),
@@ -241,6 +242,16 @@ def test_published_rows_and_deltas_follow_the_backbone(tmp_path):
     assert tables[0].rows[2].cells == {"cub": report.Stat(pytest.approx(90.0 - 88.3))}
     _, every, _, _ = report.report([tmp_path], mode="all")
     assert len(every[0].rows) == 7 + len(published.rows_for("fgvc")) - 3
+
+
+def test_search_split_runs_get_their_own_row_and_no_delta_to_test_accuracies(tmp_path):
+    write_result(tmp_path, "cub", 1, 0.9, dataset="fgvc", split="search")
+    write_result(tmp_path, "cub", 1, 0.8, dataset="fgvc")
+    _, tables, issues, _ = report.report([tmp_path])
+    labels = [r.label for r in tables[0].rows]
+    assert labels == ["rlrr · vit_b16_in21k", "RLRR [paper]", "RLRR* [paper]", "Δ vs RLRR [paper]",
+                      "rlrr · vit_b16_in21k [search]"]  # fmt: skip
+    assert tables[0].rows[-1].cells["cub"].value == pytest.approx(90.0) and not issues.warnings
 
 
 def test_cli_writes_markdown_csv_latex_and_plots(messy_fgvc, tmp_path, capsys):
