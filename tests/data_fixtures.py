@@ -41,8 +41,14 @@ def write_vtab_task(task_dir: Path, num_classes: int = 3, seed: int = 0) -> Path
     return task_dir
 
 
-def write_fgvc_dataset(dataset_dir: Path, num_classes: int, image_dir: str = "images", first_id: int = 1,
-                       eval_per_split: int = 6, seed: int = 0) -> Path:
+def write_fgvc_dataset(
+    dataset_dir: Path,
+    num_classes: int,
+    image_dir: str = "images",
+    first_id: int = 1,
+    eval_per_split: int = 6,
+    seed: int = 0,
+) -> Path:
     """Writes a VPT-style FGVC dataset: {train,val,test}.json mapping ``<class folder>/<file>.jpg`` to class ids.
 
     Class ids start at ``first_id`` (VPT files are not necessarily 0-based); train has one image per class,

@@ -147,9 +147,11 @@ class _LinearProbe(L.LightningModule):
 
 
 def test_cached_loaders_run_under_lightning(tmp_path):
-    data = VTABDataModule(tmp_path / "demo", "demo", 4, "demo", "demo", num_workers=0, image_size=32,
-                          generate_demo=True)
-    trainer = L.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    data = VTABDataModule(
+        tmp_path / "demo", "demo", 4, "demo", "demo", num_workers=0, image_size=32, generate_demo=True
+    )
+    trainer = L.Trainer(
+        fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(_LinearProbe(), datamodule=data)
     assert "val/acc" in trainer.callback_metrics

@@ -26,8 +26,13 @@ def test_group_selections_expand_to_every_task():
 def test_vtab_configs(task):
     cfg = compose_data_config(f"vtab1k/{task}", ["paths.data_dir=/data"])
     assert (cfg.task, cfg.num_classes, cfg.dataset, cfg.root) == (task, DOC_CLASSES[task], "vtab1k", "/data/vtab-1k")
-    assert (cfg.image_size, cfg.interpolation, cfg.hflip, cfg.batch_size, cfg.split) == (224, "bicubic", False, 32,
-                                                                                         "final")
+    assert (cfg.image_size, cfg.interpolation, cfg.hflip, cfg.batch_size, cfg.split) == (
+        224,
+        "bicubic",
+        False,
+        32,
+        "final",
+    )
     data = instantiate(cfg, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
     assert isinstance(data, VTABDataModule) and data.group in ("natural", "specialized", "structured")
     assert data.mean == pytest.approx((0.1, 0.2, 0.3)) and data.std == pytest.approx((0.4, 0.5, 0.6))
@@ -95,3 +100,8 @@ def test_compose_without_a_train_config(tmp_path, monkeypatch):
     assert compose_data_config("vtab1k/dtd", [], tmp_path / "conf").root == "/env/data/vtab-1k"
     cfg = compose_data_config("fgvc/dogs", ["paths.data_dir=/x", "data.batch_size=8"], tmp_path / "conf")
     assert (cfg.root, cfg.batch_size) == ("/x/fgvc", 8)
+
+
+def test_check_reports_config_mistakes(data_dir, capsys):
+    assert main(["data=vtab1k/dtd", f"paths.data_dir={data_dir}", "data.num_classes=40", "--no-decode"]) == 1
+    assert "data config: data.num_classes=40 but VTAB-1k dtd has 47 classes" in capsys.readouterr().out

@@ -31,15 +31,18 @@ def test_catalog_class_counts():
     assert {name: spec.num_classes for name, spec in FGVC_TASKS.items()} == expected
 
 
-@pytest.mark.parametrize(("task", "classes", "folder", "image_dir"), [
-    ("cub", 200, "CUB_200_2011", "images"),
-    ("nabirds", 555, "nabirds", "images"),
-    ("flowers", 102, "OxfordFlower", ""),
-    ("dogs", 120, "Stanford-dogs", "Images"),
-    ("dogs", 120, "StanfordDogs", ""),  # RLRR keeps the dog images in the dataset folder itself
-    ("cars", 196, "Stanford-cars", ""),
-    ("cars", 196, "stanfordcars", ""),
-])
+@pytest.mark.parametrize(
+    ("task", "classes", "folder", "image_dir"),
+    [
+        ("cub", 200, "CUB_200_2011", "images"),
+        ("nabirds", 555, "nabirds", "images"),
+        ("flowers", 102, "OxfordFlower", ""),
+        ("dogs", 120, "Stanford-dogs", "Images"),
+        ("dogs", 120, "StanfordDogs", ""),  # RLRR keeps the dog images in the dataset folder itself
+        ("cars", 196, "Stanford-cars", ""),
+        ("cars", 196, "stanfordcars", ""),
+    ],
+)
 def test_dataset_folders_and_image_dirs(tmp_path, task, classes, folder, image_dir):
     write_fgvc_dataset(tmp_path / folder, classes, image_dir=image_dir, eval_per_split=2)
     data = fgvc(tmp_path, task, classes)
@@ -58,10 +61,13 @@ def test_ids_are_remapped_to_contiguous_sorted_order(dogs_root):
     assert labels.dtype == torch.int64
 
 
-@pytest.mark.parametrize(("split", "train_files", "eval_files", "sizes"), [
-    ("search", ["train.json"], ["val.json"], (120, 6)),
-    ("final", ["train.json", "val.json"], ["test.json"], (126, 6)),
-])
+@pytest.mark.parametrize(
+    ("split", "train_files", "eval_files", "sizes"),
+    [
+        ("search", ["train.json"], ["val.json"], (120, 6)),
+        ("final", ["train.json", "val.json"], ["test.json"], (126, 6)),
+    ],
+)
 def test_protocol_selects_json_files(dogs_root, split, train_files, eval_files, sizes):
     data = fgvc(dogs_root, "dogs", 120, split=split)
     data.setup()
@@ -75,8 +81,7 @@ def test_protocol_selects_json_files(dogs_root, split, train_files, eval_files, 
 def test_train_and_eval_transforms_follow_the_protocol(dogs_root):
     data = fgvc(dogs_root, "dogs", 120)
     train, evaluate = data.train_transform(), data.eval_transform()
-    assert [type(t) for t in train.transforms] == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor,
-                                                   T.Normalize]
+    assert [type(t) for t in train.transforms] == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
     assert [type(t) for t in evaluate.transforms] == [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
     image = Image.effect_mandelbrot((40, 30), (-2, -1, 1, 1), 50).convert("RGB")
     assert train(image).shape == evaluate(image).shape == (3, 16, 16)

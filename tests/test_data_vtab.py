@@ -19,9 +19,24 @@ from tests.data_fixtures import write_vtab_task
 
 # Class counts and groups as given in the protocol doc (§0.1), written out independently of the catalog.
 DOC_CLASSES = {
-    "cifar100": 100, "caltech101": 102, "dtd": 47, "oxford_flowers102": 102, "oxford_iiit_pet": 37, "svhn": 10,
-    "sun397": 397, "patch_camelyon": 2, "eurosat": 10, "resisc45": 45, "diabetic_retinopathy": 5, "clevr_count": 8,
-    "clevr_dist": 6, "dmlab": 6, "kitti": 4, "dsprites_loc": 16, "dsprites_ori": 16, "smallnorb_azi": 18,
+    "cifar100": 100,
+    "caltech101": 102,
+    "dtd": 47,
+    "oxford_flowers102": 102,
+    "oxford_iiit_pet": 37,
+    "svhn": 10,
+    "sun397": 397,
+    "patch_camelyon": 2,
+    "eurosat": 10,
+    "resisc45": 45,
+    "diabetic_retinopathy": 5,
+    "clevr_count": 8,
+    "clevr_dist": 6,
+    "dmlab": 6,
+    "kitti": 4,
+    "dsprites_loc": 16,
+    "dsprites_ori": 16,
+    "smallnorb_azi": 18,
     "smallnorb_ele": 9,
 }
 NATURAL = {"cifar100", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"}
@@ -91,8 +106,7 @@ def test_demo_refuses_a_folder_with_other_settings(tmp_path):
 
 
 def test_demo_datamodule_generates_and_serves_batches(tmp_path):
-    data = VTABDataModule(tmp_path / "demo", "demo", 4, "demo", "demo", num_workers=0, image_size=8,
-                          generate_demo=True)
+    data = VTABDataModule(tmp_path / "demo", "demo", 4, "demo", "demo", num_workers=0, image_size=8, generate_demo=True)
     data.setup()
     images, labels = next(iter(data.train_dataloader()))
     assert (tmp_path / "demo" / "DEMO_INFO.json").is_file()
@@ -100,12 +114,23 @@ def test_demo_datamodule_generates_and_serves_batches(tmp_path):
     assert (data.num_classes, data.dataset, data.task, data.group, data.split) == (4, "demo", "demo", "demo", "final")
 
 
-@pytest.mark.parametrize(("task", "folder"), [
-    ("cifar100", "cifar"), ("cifar100", "cifar100"), ("oxford_iiit_pet", "oxford_pet"), ("oxford_iiit_pet", "pets"),
-    ("oxford_flowers102", "flowers102"), ("patch_camelyon", "camelyon"), ("diabetic_retinopathy", "retinopathy"),
-    ("clevr_dist", "clevr_distance"), ("dsprites_loc", "dsprites_position"), ("dsprites_ori", "dsprites_orientation"),
-    ("smallnorb_azi", "smallnorb_azimuth"), ("smallnorb_ele", "smallnorb_elevation"),
-])
+@pytest.mark.parametrize(
+    ("task", "folder"),
+    [
+        ("cifar100", "cifar"),
+        ("cifar100", "cifar100"),
+        ("oxford_iiit_pet", "oxford_pet"),
+        ("oxford_iiit_pet", "pets"),
+        ("oxford_flowers102", "flowers102"),
+        ("patch_camelyon", "camelyon"),
+        ("diabetic_retinopathy", "retinopathy"),
+        ("clevr_dist", "clevr_distance"),
+        ("dsprites_loc", "dsprites_position"),
+        ("dsprites_ori", "dsprites_orientation"),
+        ("smallnorb_azi", "smallnorb_azimuth"),
+        ("smallnorb_ele", "smallnorb_elevation"),
+    ],
+)
 def test_task_folder_aliases(tmp_path, task, folder):
     (tmp_path / folder).mkdir()
     assert find_task_dir(tmp_path, VTAB_TASKS[task], "") == (tmp_path / folder, folder)
@@ -119,10 +144,13 @@ def test_alias_folder_is_used_and_reported(tmp_path, pristine_task):
     assert data.describe()["task_dir"] == str(tmp_path / "cifar")
 
 
-@pytest.mark.parametrize(("split", "train_file", "eval_file", "sizes"), [
-    ("search", "train800.txt", "val200.txt", (800, 200)),
-    ("final", "train800val200.txt", "test.txt", (1000, 24)),
-])
+@pytest.mark.parametrize(
+    ("split", "train_file", "eval_file", "sizes"),
+    [
+        ("search", "train800.txt", "val200.txt", (800, 200)),
+        ("final", "train800val200.txt", "test.txt", (1000, 24)),
+    ],
+)
 def test_protocol_selects_split_files(vtab_root, split, train_file, eval_file, sizes):
     data = dtd(vtab_root, split=split, cache="none")
     data.setup()
@@ -236,3 +264,10 @@ def test_data_error_survives_pickling_and_worker_reraise(vtab_root):
     data.setup()
     with pytest.raises(DataError, match="000001.jpg: image cannot be decoded"):
         next(iter(data.test_dataloader()))
+
+
+def test_group_defaults_to_the_catalog_and_must_agree(tmp_path):
+    assert VTABDataModule(tmp_path, "svhn", 10).group == "natural"
+    assert VTABDataModule(tmp_path, "kitti", 4).group == "structured"
+    with pytest.raises(ValueError, match="data.group='natural' but VTAB-1k kitti is in group 'structured'"):
+        VTABDataModule(tmp_path, "kitti", 4, group="natural")

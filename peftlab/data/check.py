@@ -128,13 +128,14 @@ def _warn_missing_classes(report: TaskReport, images: LabeledImages, num_classes
 
 
 def check_one(cfg: DictConfig, decode: bool, workers: int) -> TaskReport:
-    """Checks one composed data config, turning any DataError into report problems."""
+    """Checks one composed data config, turning data and config errors into report problems."""
     is_vtab = cfg._target_ == VTAB_TARGET
     try:
         return check_vtab(cfg, decode, workers) if is_vtab else check_fgvc(cfg, decode, workers)
-    except DataError as error:
+    except (DataError, ValueError) as error:
+        problems = getattr(error, "problems", None) or [Problem("data config", str(error), "fix the data config")]
         splits = VTAB_EXPECTED_COUNTS if is_vtab else ("train", "val", "test")
-        return TaskReport(cfg.task, cfg.group, dict.fromkeys(splits, "-"), problems=error.problems)
+        return TaskReport(cfg.task, cfg.group, dict.fromkeys(splits, "-"), problems=problems)
 
 
 def format_table(reports: list[TaskReport]) -> str:

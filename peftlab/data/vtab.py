@@ -26,13 +26,15 @@ from peftlab.data.validate import cheap_problems, raise_if_any
 log = logging.getLogger(__name__)
 
 
-def vtab_task_spec(task: str, num_classes: int, group: str) -> TaskSpec:
-    """Returns the catalog entry of a VTAB task (or the demo), checking the configured class count against it."""
+def vtab_task_spec(task: str, num_classes: int, group: str | None = None) -> TaskSpec:
+    """Returns the catalog entry of a VTAB task (or the demo), checking the configured class count and group."""
     spec = DEMO_TASK if task == DEMO_TASK.name else find_spec(task, VTAB_TASKS)
     if spec is None:
         raise ValueError(f"unknown VTAB-1k task {task!r}; known tasks: {sorted(VTAB_TASKS)}")
     if spec is not DEMO_TASK and num_classes != spec.num_classes:
         raise ValueError(f"data.num_classes={num_classes} but VTAB-1k {spec.name} has {spec.num_classes} classes")
+    if group is not None and group != spec.group:
+        raise ValueError(f"data.group={group!r} but VTAB-1k {spec.name} is in group {spec.group!r}")
     return spec
 
 
@@ -68,6 +70,7 @@ class VTABDataModule(ImageClassificationDataModule):
         cache_device: ``auto`` (the trainer's device) or an explicit device such as ``cpu``.
         cache_max_gb: Largest split (in GB of uint8 pixels) that is cached.
         seed: Seed of the cached loader's shuffling/flips (default: ``torch.initial_seed()``).
+        group: Defaults to the task's VTAB group; a different value is an error.
         **kwargs: See :class:`~peftlab.data.base.ImageClassificationDataModule`.
     """
 
@@ -76,7 +79,7 @@ class VTABDataModule(ImageClassificationDataModule):
         root: str | Path,
         task: str,
         num_classes: int,
-        group: str = "natural",
+        group: str | None = None,
         dataset: str = "vtab1k",
         split: str = "final",
         batch_size: int = 32,
@@ -94,11 +97,12 @@ class VTABDataModule(ImageClassificationDataModule):
         cache_max_gb: float = 4.0,
         seed: int | None = None,
     ):
+        spec = vtab_task_spec(task, num_classes, group)
         super().__init__(
             root,
             task,
             num_classes,
-            group,
+            spec.group,
             dataset,
             split,
             batch_size,
@@ -114,7 +118,7 @@ class VTABDataModule(ImageClassificationDataModule):
             raise ValueError(f"data.cache={cache!r}; use one of {list(CACHE_MODES)}")
         if generate_demo and task != DEMO_TASK.name:
             raise ValueError(f"generate_demo=true only makes sense for task 'demo', not {task!r}")
-        self.spec = vtab_task_spec(task, num_classes, group)
+        self.spec = spec
         self.cache, self.hflip, self.generate_demo = cache, hflip, generate_demo
         self.cache_device, self.cache_max_gb, self.seed = cache_device, cache_max_gb, seed
         self.cached: dict[str, torch.Tensor] = {}
