@@ -205,8 +205,11 @@ def rows_for(benchmark: str, method: str | None = None, *, ablations: bool = Fal
     ]
 
 
+def same_architecture(timm_a: str | None, timm_b: str | None) -> bool:
+    """Whether two timm names share the architecture (``vit_base_patch16_224``), whatever the pretrained tag."""
+    return timm_a is not None and timm_b is not None and timm_a.split(".")[0] == timm_b.split(".")[0]
+
+
 def reference_row(benchmark: str, method: str, timm_name: str | None) -> PublishedRow | None:
-    """The row a run is compared with: same method and backbone if published, else the method's first main row."""
-    candidates = rows_for(benchmark, method)
-    same_backbone = [row for row in candidates if row.timm_name == timm_name]
-    return (same_backbone or candidates or [None])[0]
+    """The row a run is compared with: the method's first main row on exactly the same backbone, else None."""
+    return next((row for row in rows_for(benchmark, method) if row.timm_name == timm_name), None)

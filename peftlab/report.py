@@ -311,9 +311,12 @@ def build_table(layout: Layout, groups: dict[tuple, list[Run]], mode: str) -> Ta
         rows.append(ours)
         if mode == "none":
             continue
-        reference = published.reference_row(layout.dataset, key[0], groups[key][0].timm_name)
+        timm_name = groups[key][0].timm_name
+        reference = published.reference_row(layout.dataset, key[0], timm_name)
         reference = reference if key[3] == "final" else None  # val200 accuracies are not comparable to test
         for paper in published.rows_for(layout.dataset, key[0]):
+            if timm_name and not published.same_architecture(paper.timm_name, timm_name):
+                continue  # e.g. a ViT-L run next to ViT-B numbers
             if paper.key not in shown:  # a method run on two backbones shows its paper rows once
                 rows.append(published_row(paper, layout))
                 shown.add(paper.key)
@@ -414,6 +417,11 @@ def _legend(layout: Layout) -> list[str]:
     return text
 
 
+def _why_not_counted(run: Run) -> str:
+    reason = f"status {run.status}" + (", no reported value" if run.value is None else "")
+    return reason + (f" ({run.error})" if run.error else "")
+
+
 def issues_markdown(issues: Issues) -> str:
     """What was not counted and why."""
     sections = [
@@ -421,7 +429,7 @@ def issues_markdown(issues: Issues) -> str:
         ("Failed runs (not counted)", [f"{r.describe()}: {r.error or 'no error message'}" for r in issues.failed]),
         (
             "Running or incomplete runs (not counted)",
-            [f"{r.describe()}: status {r.status}, reported value {r.value}" for r in issues.incomplete],
+            [f"{r.describe()}: {_why_not_counted(r)}" for r in issues.incomplete],
         ),
         ("Unreadable results files", issues.unreadable),
         ("Warnings", issues.warnings),

@@ -155,7 +155,8 @@ def test_published_rows_are_complete_and_cited():
         "HTA (D'=0)", "HTA (D'=2)", "HTA (D'=4)",
     ]  # fmt: skip
     assert published.reference_row("fgvc", "rlrr", AUGREG).label == "RLRR*"
-    assert published.reference_row("fgvc", "rlrr", "something_else").label == "RLRR"
+    assert published.reference_row("fgvc", "rlrr", "vit_large_patch16_224.orig_in21k") is None
+    assert published.reference_row("fgvc", "aoft_adapter", ORIG).label == "Adapter+AOFT*"
 
 
 # ------------------------------------------------------------------------ synthetic runs, hand-computed
@@ -229,9 +230,9 @@ def test_vtab_group_means_both_means_and_propagated_stds(tmp_path):
 
 
 def test_published_rows_and_deltas_follow_the_backbone(tmp_path):
-    write_published(tmp_path, "fgvc/rlrr_augreg", backbone="vit_b16_augreg", timm_name=AUGREG)
-    write_result(tmp_path, "cub", 7, 0.9, method="lora", dataset="fgvc")
-    _, tables, _, _ = report.report([tmp_path])
+    write_published(tmp_path / "base", "fgvc/rlrr_augreg", backbone="vit_b16_augreg", timm_name=AUGREG)
+    write_result(tmp_path / "base", "cub", 7, 0.9, method="lora", dataset="fgvc")
+    _, tables, _, _ = report.report([tmp_path / "base"])
     labels = [r.label for r in tables[0].rows]
     assert labels == [
         "lora · vit_b16_in21k", "LoRA [paper]", "Δ vs LoRA [paper]",
@@ -240,7 +241,10 @@ def test_published_rows_and_deltas_follow_the_backbone(tmp_path):
     delta = tables[0].rows[-1]
     assert delta.cells["cub"].value == pytest.approx(0.0) and delta.cells["mean"].value == pytest.approx(91.02 - 91.0)
     assert tables[0].rows[2].cells == {"cub": report.Stat(pytest.approx(90.0 - 88.3))}
-    _, every, _, _ = report.report([tmp_path], mode="all")
+    write_result(tmp_path / "large", "cub", 1, 0.9, dataset="fgvc", timm_name="vit_large_patch16_224.orig_in21k")
+    _, large, _, _ = report.report([tmp_path / "large"])
+    assert [r.kind for r in large[0].rows] == ["run"]  # no ViT-B numbers next to a ViT-L run
+    _, every, _, _ = report.report([tmp_path / "base"], mode="all")
     assert len(every[0].rows) == 7 + len(published.rows_for("fgvc")) - 3
 
 
