@@ -144,7 +144,7 @@ class Layout:
     def summaries(self) -> dict[str, str]:
         """Summary column ids and their headers."""
         columns = {g: g.capitalize() for g in self.groups} if len(self.groups) > 1 else {}
-        columns["mean"] = f"Mean ({len(self.tasks)} tasks)"
+        columns["mean"] = f"Mean ({len(self.tasks)} task{'s' if len(self.tasks) != 1 else ''})"
         if len(self.groups) > 1:
             columns["mean_groups"] = f"Mean ({len(self.groups)} groups)"
         return columns
