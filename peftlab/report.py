@@ -343,19 +343,26 @@ def aggregate(runs: list[Run], mode: str = "same") -> tuple[list[Table], Issues]
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in deduplicate(counted, issues):
         groups[run.group].append(run)
-    for key in sorted({r.group for r in runs}):
-        done = {r.task for r in groups.get(key, [])}
-        lacking = [t for t in layouts[key[2]].tasks if t not in done]
-        if lacking:
-            total = len(layouts[key[2]].tasks)
-            issues.missing.append(f"{'/'.join(key)}: {total - len(lacking)}/{total} tasks complete; "
-                                  f"no complete run for {', '.join(lacking)}")  # fmt: skip
+    issues.missing = missing_tasks({r.group for r in runs}, groups, layouts)
     tables = []
     for dataset, layout in layouts.items():
         mine = {k: v for k, v in groups.items() if k[2] == dataset}
         if mine:
             tables.append(build_table(layout, mine, mode))
     return tables, issues
+
+
+def missing_tasks(keys: Iterable[tuple], groups: dict[tuple, list[Run]], layouts: dict[str, Layout]) -> list[str]:
+    """One line per group (including groups with no complete run at all) that lacks a complete run for some task."""
+    lines = []
+    for key in sorted(keys):
+        done = {r.task for r in groups.get(key, [])}
+        tasks = layouts[key[2]].tasks
+        lacking = [t for t in tasks if t not in done]
+        if lacking:
+            lines.append(f"{'/'.join(key)}: {len(tasks) - len(lacking)}/{len(tasks)} tasks complete; "
+                         f"no complete run for {', '.join(lacking)}")  # fmt: skip
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------- rendering
