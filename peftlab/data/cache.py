@@ -113,7 +113,7 @@ class CachedBatchLoader:
         shuffle: Draw a new permutation every epoch.
         drop_last: Drop the last incomplete batch.
         hflip: Flip each sample horizontally with probability 0.5.
-        seed: Seed of the loader's generator; defaults to ``torch.initial_seed()`` (set by ``seed_everything``).
+        seed: Seed of the loader's generator; by default drawn from torch's global RNG (set by ``seed_everything``).
     """
 
     def __init__(
@@ -136,7 +136,9 @@ class CachedBatchLoader:
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1)
         self.shuffle, self.drop_last, self.hflip = shuffle, drop_last, hflip
-        self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
+        if seed is None:  # drawn from the global RNG: reproducible under seed_everything, new for every loader
+            seed = int(torch.randint(0, 2**62, ()))
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         samples = self._samples_per_rank()

@@ -69,7 +69,7 @@ class VTABDataModule(ImageClassificationDataModule):
         generate_demo: Generate the demo dataset at ``root`` (``task`` must be ``demo``) before reading it.
         cache_device: ``auto`` (the trainer's device) or an explicit device such as ``cpu``.
         cache_max_gb: Largest split (in GB of uint8 pixels) that is cached.
-        seed: Seed of the cached loader's shuffling/flips (default: ``torch.initial_seed()``).
+        seed: Seed of the cached loader's shuffling/flips (default: drawn from torch's global RNG).
         group: Defaults to the task's VTAB group; a different value is an error.
         **kwargs: See :class:`~peftlab.data.base.ImageClassificationDataModule`.
     """
