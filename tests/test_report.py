@@ -205,6 +205,15 @@ def test_a_complete_run_without_a_reported_value_is_listed_not_counted(tmp_path)
     assert "cub" not in only_run_row(tables, "fgvc").cells
 
 
+def test_a_method_with_only_a_crashed_run_is_reported_missing_everywhere(tmp_path):
+    write_result(tmp_path, "dtd", 1, None, method="hta", status="failed", error="ValueError: bad lr")
+    markdown, tables, issues, _ = report.report([tmp_path])
+    assert tables == [] and "No complete run: no table." in markdown
+    assert issues.missing == [f"hta/vit_b16_in21k/vtab1k/final: 0/19 tasks complete; no complete run for "
+                              f"{', '.join(VTAB_TASKS)}"]  # fmt: skip
+    assert "ValueError: bad lr" in markdown
+
+
 def test_vtab_group_means_both_means_and_propagated_stds(tmp_path):
     # task i (papers' order) has seeds at 49+i and 51+i percent: mean 50+i, sample std sqrt(2)
     for i, task in enumerate(VTAB_TASKS):
