@@ -158,3 +158,27 @@ def test_bad_input_fails_clearly_and_writes_no_result(cli_env, tmp_path, args, m
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert not list((tmp_path / "logs").rglob(RESULTS_FILE))
+
+
+@pytest.mark.slow
+def test_every_method_trains_through_the_cli_and_beats_chance(cli_env, tmp_path):
+    """One Hydra multirun over all registered methods (2-block backbone, 1 epoch of the demo)."""
+    from peftlab.methods import list_methods
+
+    methods = list_methods()
+    proc = run_cli(
+        "-m",
+        f"method={','.join(methods)}",
+        "trainer.max_epochs=1",
+        "+backbone.model_kwargs.depth=2",
+        "logger=none",
+        "callbacks=none",
+        env=cli_env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in (tmp_path / "logs").rglob(RESULTS_FILE)]
+    accuracy = {r["experiment"]["method"]: r["reported"]["value"] for r in results if r["status"] == "complete"}
+    assert set(accuracy) == set(methods)
+    for method, acc in accuracy.items():
+        assert acc > CHANCE + MARGIN, f"{method} reached only {acc:.3f} on the demo"
