@@ -165,3 +165,13 @@ def test_default_seed_follows_the_global_rng():
     a, b = first_epoch(), first_epoch()
     torch.manual_seed(7)
     assert first_epoch() == a and a != b  # reproducible, yet a reloaded loader does not replay the same order
+
+
+@pytest.mark.gpu
+def test_cache_on_the_gpu_yields_the_same_batches(vtab_root):
+    on_gpu, on_cpu = eurosat(vtab_root, cache_device="cuda"), eurosat(vtab_root, cache_device="cpu")
+    on_gpu.setup(), on_cpu.setup()
+    for (x_gpu, y_gpu), (x_cpu, y_cpu) in zip(on_gpu.val_dataloader(), on_cpu.val_dataloader(), strict=True):
+        assert x_gpu.is_cuda and y_gpu.is_cuda
+        torch.testing.assert_close(x_gpu.cpu(), x_cpu, atol=1e-6, rtol=0)
+        assert torch.equal(y_gpu.cpu(), y_cpu)

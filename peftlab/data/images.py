@@ -27,6 +27,7 @@ _PIL_RESAMPLE = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
+_REGENERATE = "re-download or re-generate this image (copy it again from the source archive)"
 
 
 def interpolation_mode(name: str) -> InterpolationMode:
@@ -54,9 +55,6 @@ def load_rgb(path: Path | str) -> Image.Image:
         raise DataError(Problem(str(path), "image file is missing", _REGENERATE)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(Problem(str(path), f"image cannot be decoded ({error})", _REGENERATE)) from None
-
-
-_REGENERATE = "re-download or re-generate this image (copy it again from the source archive)"
 
 
 def resize_square(image: Image.Image, size: int, interpolation: str) -> Image.Image:

@@ -158,7 +158,7 @@ class VTABDataModule(ImageClassificationDataModule):
         tensor, source = load_or_build_cache(
             images, self.image_size, self.interpolation, self.cache, cache_dir, workers=max(self.num_workers, 2)
         )
-        self.cached[role] = tensor.to(self._cache_device())
+        self.cached[role] = tensor
         self.cache_sources[role] = source
 
     def _cache_device(self) -> torch.device:
@@ -173,6 +173,8 @@ class VTABDataModule(ImageClassificationDataModule):
         images = self.train_data if train else self.eval_data
         batch_size = self.batch_size if train else self.eval_batch_size
         if role in self.cached:
+            # moved here rather than in setup(): the trainer (and so the device) is attached by now
+            self.cached[role] = self.cached[role].to(self._cache_device())
             labels = torch.tensor(images.labels, dtype=torch.int64)
             return CachedBatchLoader(
                 self.cached[role],
@@ -202,5 +204,6 @@ class VTABDataModule(ImageClassificationDataModule):
             "resize": f"({self.image_size}, {self.image_size}) {self.interpolation}, no crop",
             "hflip": self.hflip,
             "cache": self.cache,
+            "cache_device": self.cache_device,
             "cache_sources": dict(self.cache_sources),
         }
