@@ -1,0 +1,143 @@
+"""Smoke tests of ``experiments/bench.py`` on a 2-block ViT: structure of the table and the JSON, ratios derived from
+the measured numbers, no silent overwrite, and the RLRR/HTA micro-benchmark. No timing assertions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_FILE = Path(__file__).resolve().parent.parent / "experiments" / "bench.py"
+TINY = ["--backbone", "vit_tiny", "--device", "cpu", "--depth", "2", "--image-size", "32", "--batch", "2"]
+ONE_ROUND = ["--repeats", "1", "--warmup", "1", "--steps", "1", "--quiet"]
+METHODS = ("lora", "adapter")  # one mergeable, one not
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("peftlab_bench", BENCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_bench()
+
+
+@pytest.fixture(scope="module")
+def report(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return bench.main([*TINY, *ONE_ROUND, "--methods", ",".join(METHODS), "--no-data", "--out-dir", str(out)])
+
+
+def rows_by_name(report) -> dict:
+    return {row["name"]: row for row in report["rows"]}
+
+
+def test_writes_markdown_and_json_named_by_device_backbone_dtype(report):
+    markdown, json_file = Path(report["files"]["markdown"]), Path(report["files"]["json"])
+    assert markdown.name == "cpu-vit_tiny-fp32.md" and json_file.name == "cpu-vit_tiny-fp32.json"
+    assert markdown.read_text() == report["markdown"]
+    stored = json.loads(json_file.read_text())
+    assert [row["name"] for row in stored["rows"]] == ["frozen", "full", *METHODS]
+    setup = stored["setup"]
+    for key in ("device", "device_name", "dtype", "batch", "image_size", "repeats", "warmup", "torch_threads"):
+        assert key in setup
+    assert (setup["device"], setup["dtype"], setup["batch"], setup["image_size"]) == ("cpu", "fp32", 2, 32)
+    assert {"torch", "timm", "python"} <= set(stored["versions"])
+    assert set(stored["references"]) == {"frozen", "full", "plain"}
+
+
+def test_markdown_has_one_table_row_per_candidate_with_the_target_columns(report, bench):
+    lines = report["markdown"].splitlines()
+    header = next(line for line in lines if line.startswith("| method |"))
+    assert header == "| " + " | ".join(bench.BENCH_HEADER) + " |"
+    for name in ("frozen", "full", *METHODS):
+        assert sum(line.startswith(f"| {name} |") for line in lines) == 1
+
+
+def test_ratios_come_from_the_measured_numbers(report):
+    rows = rows_by_name(report)
+    frozen, full = rows["frozen"], rows["full"]
+    batch = report["setup"]["batch"]
+    for row in rows.values():
+        assert row["train_images_per_s"] == pytest.approx(batch / row["train_step_s"])
+        assert row["train_vs_frozen"] == pytest.approx(row["train_step_s"] / frozen["train_step_s"])
+        assert row["train_vs_full"] == pytest.approx(row["train_step_s"] / full["train_step_s"])
+        assert row["memory_vs_full"] == pytest.approx(row["memory_bytes"] / full["memory_bytes"])
+        assert row["infer_vs_plain"] == pytest.approx(row["infer_images_per_s"] / report["plain_infer_images_per_s"])
+    assert frozen["train_vs_frozen"] == full["train_vs_full"] == 1.0
+
+
+def test_memory_on_cpu_is_the_documented_estimate(report):
+    for row in report["rows"]:
+        assert row["cuda_peak_bytes"] is None
+        assert row["memory_bytes"] == row["estimated_bytes"]
+        assert row["estimated_bytes"] == row["static_bytes"] + row["grad_bytes"] + row["saved_activation_bytes"]
+        assert row["saved_activation_bytes"] > 0
+    rows = rows_by_name(report)
+    assert rows["full"]["grad_bytes"] > rows["lora"]["grad_bytes"] > 0
+
+
+def test_merged_inference_only_for_mergeable_methods(report):
+    rows = rows_by_name(report)
+    lora, adapter = rows["lora"], rows["adapter"]
+    assert lora["mergeable"] is True and adapter["mergeable"] is False
+    assert lora["merged_vs_plain"] == pytest.approx(lora["merged_images_per_s"] / report["plain_infer_images_per_s"])
+    assert adapter["merged_images_per_s"] is None and adapter["merged_vs_plain"] is None
+    assert set(lora["targets"]) == {"train_vs_frozen", "train_vs_full", "memory_vs_full", "merged_vs_plain"}
+    assert all(isinstance(v, bool) for v in lora["targets"].values())
+    assert all(v is None for v in adapter["targets"].values())
+    assert all(v is None for v in rows["full"]["targets"].values())
+
+
+def test_targets_follow_the_thresholds(bench):
+    assert bench.check_target("train_vs_frozen", 1.15) and not bench.check_target("train_vs_frozen", 1.16)
+    assert bench.check_target("merged_vs_plain", 0.98) and not bench.check_target("merged_vs_plain", 0.97)
+    assert bench.check_target("memory_vs_full", None) is None
+
+
+def test_end_to_end_estimate_uses_the_measured_throughput(report):
+    e2e = report["end_to_end"]
+    assert (e2e["epochs"], e2e["train_size"], e2e["test_size"], e2e["tasks"]) == (100, 1000, 10_000, 19)
+    for row in report["rows"]:
+        expected = 100 * 1000 / row["train_images_per_s"] + 10_000 / row["infer_images_per_s"]
+        assert row["e2e_task_s"] == pytest.approx(expected)
+        assert row["e2e_benchmark_s"] == pytest.approx(19 * expected)
+
+
+def test_existing_results_are_not_overwritten_without_force(bench, tmp_path):
+    (tmp_path / "cpu-x-fp32.json").write_text("{}")
+    markdown, json_file = bench.output_paths(tmp_path, "cpu-x-fp32", force=False)
+    assert json_file.name.startswith("cpu-x-fp32-") and not json_file.exists() and markdown.stem == json_file.stem
+    assert bench.output_paths(tmp_path, "cpu-x-fp32", force=True)[1] == tmp_path / "cpu-x-fp32.json"
+    markdown.write_text("taken")
+    again = bench.output_paths(tmp_path, "cpu-x-fp32", force=False)[0]
+    assert again != markdown and not again.exists()
+
+
+def test_method_selection_rejects_unknown_names_and_keeps_references_apart(bench):
+    assert bench.resolve_methods("full,lora,lora") == ["lora"]
+    assert "full" not in bench.resolve_methods("all") and "rlrr" in bench.resolve_methods("all")
+    with pytest.raises(SystemExit, match="nope"):
+        bench.resolve_methods("lora,nope")
+
+
+def test_micro_benchmark_compares_both_forms_of_rlrr_and_hta(bench, tmp_path):
+    micro = ["--micro", "--micro-batch", "2", "--micro-tokens", "5", "--micro-dim", "16"]
+    report = bench.main([*micro, *ONE_ROUND, "--device", "cpu", "--out-dir", str(tmp_path)])
+    assert Path(report["files"]["json"]).name == "micro-cpu-fp32.json"
+    variants = {(row["shape"], row["variant"]) for row in report["rows"]}
+    assert len(variants) == 2 * 6 and ("16->64", "rlrr activation form") in variants
+    for shape, methods in report["forms_max_abs_difference"].items():
+        assert methods["rlrr"] < 1e-4 and methods["hta"] < 1e-4, shape
+    for row in report["rows"]:
+        frozen = next(r for r in report["rows"] if r["shape"] == row["shape"] and r["variant"].startswith("frozen"))
+        assert row["vs_frozen"] == pytest.approx(row["seconds"] / frozen["seconds"])
+    advice = report["recommendations"]["rlrr"]["16->16"]
+    assert advice["faster"] in {"weight", "activation"} and advice["weight_over_activation"] > 0
