@@ -6,7 +6,8 @@ images/s for one training epoch over train800val200 (1000 images) resized to 224
 * ``pil``: DataLoader over JPEG files (decode + resize + normalise per sample), for each ``--workers`` value;
 * ``cache build``: the one-time decode into the uint8 cache (threads);
 * ``cache load``: reading the ``.pt`` disk cache back (memory-mapped);
-* ``cached``: batches served from the uint8 cache (gather + float conversion + normalise), optionally with hflip.
+* ``cached``: batches served from the uint8 cache (gather + float conversion + normalise), optionally with hflip;
+  with CUDA available also from a cache kept on the GPU.
 
 Usage: ``python experiments/bench_data.py [--sizes 32 128 384] [--workers 0 2] [--epochs 3] [--threads N]``
 """
@@ -14,6 +15,7 @@ Usage: ``python experiments/bench_data.py [--sizes 32 128 384] [--workers 0 2] [
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,15 +26,19 @@ from peftlab.data import VTABDataModule, make_demo_dataset
 
 
 def images_per_second(loader, epochs: int) -> float:
-    """Iterates ``epochs`` full epochs and returns the average number of images per second."""
-    start, seen = time.perf_counter(), 0
+    """Iterates ``epochs`` full epochs; returns the median per-epoch rate (robust to a busy machine)."""
+    rates = []
     for _ in range(epochs):
+        start, seen = time.perf_counter(), 0
         for images, _ in loader:
             seen += len(images)
-    return seen / (time.perf_counter() - start)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        rates.append(seen / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
-def datamodule(root: Path, cache: str, workers: int, hflip: bool = False) -> VTABDataModule:
+def datamodule(root: Path, cache: str, workers: int, hflip: bool = False, device: str = "cpu") -> VTABDataModule:
     data = VTABDataModule(
         root,
         "demo",
@@ -45,7 +51,7 @@ def datamodule(root: Path, cache: str, workers: int, hflip: bool = False) -> VTA
         image_size=224,
         cache=cache,
         hflip=hflip,
-        cache_device="cpu",
+        cache_device=device,
         pin_memory=False,
     )
     data.setup()
@@ -73,6 +79,9 @@ def bench_size(folder: Path, source_size: int, workers: list[int], epochs: int) 
     rows.append(("cached", images_per_second(cached.train_dataloader(), epochs)))
     flipped = datamodule(root, "disk", build_workers, hflip=True)
     rows.append(("cached + hflip", images_per_second(flipped.train_dataloader(), epochs)))
+    if torch.cuda.is_available():
+        on_gpu = datamodule(root, "disk", build_workers, hflip=True, device="cuda")
+        rows.append(("cached on GPU + hflip", images_per_second(on_gpu.train_dataloader(), epochs)))
     return rows
 
 
@@ -80,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 384], help="source JPEG sizes (px)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (PIL path)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per measurement (median reported)")
     parser.add_argument("--dir", type=Path, default=None, help="where to generate the data (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads of the main process")
     args = parser.parse_args()
@@ -95,7 +104,7 @@ def main() -> None:
     print(" | ".join("-" * len(h) for h in header))
     for index, label in enumerate(labels):
         print(" | ".join([label.ljust(len(header[0])), *[f"{results[s][index][1]:>9.0f}" for s in args.sizes]]))
-    print(f"\ntorch threads: {torch.get_num_threads()}, epochs per measurement: {args.epochs}, 1000 train images")
+    print(f"\ntorch threads: {torch.get_num_threads()}; median of {args.epochs} epochs of 1000 train images")
 
 
 if __name__ == "__main__":
