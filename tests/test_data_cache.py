@@ -175,3 +175,16 @@ def test_cache_on_the_gpu_yields_the_same_batches(vtab_root):
         assert x_gpu.is_cuda and y_gpu.is_cuda
         torch.testing.assert_close(x_gpu.cpu(), x_cpu, atol=1e-6, rtol=0)
         assert torch.equal(y_gpu.cpu(), y_cpu)
+
+
+def test_set_epoch_replays_an_epoch_exactly():
+    loader = tiny_loader(shuffle=True, hflip=True, seed=3)
+    epochs = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        epochs.append([batch for batch in loader])
+    resumed = tiny_loader(shuffle=True, hflip=True, seed=3)
+    resumed.set_epoch(2)  # a run resumed at epoch 2 sees what the uninterrupted run saw
+    for (x, y), (x_resumed, y_resumed) in zip(epochs[2], resumed, strict=True):
+        assert torch.equal(x, x_resumed) and torch.equal(y, y_resumed)
+    assert not torch.equal(torch.cat([y for _, y in epochs[0]]), torch.cat([y for _, y in epochs[1]]))

@@ -138,7 +138,15 @@ class CachedBatchLoader:
         self.shuffle, self.drop_last, self.hflip = shuffle, drop_last, hflip
         if seed is None:  # drawn from the global RNG: reproducible under seed_everything, new for every loader
             seed = int(torch.randint(0, 2**62, ()))
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseeds from (seed, epoch), so epoch N draws the same order and flips whether or not a run was resumed.
+
+        ``ClassificationModule`` calls this at the start of every training epoch (like ``DistributedSampler``'s).
+        """
+        self.generator = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch)
 
     def __len__(self) -> int:
         samples = self._samples_per_rank()
