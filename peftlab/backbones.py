@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 HUB_HOST = "huggingface.co"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(FileNotFoundError):
     """Pretrained weights could not be found or loaded."""
 
 

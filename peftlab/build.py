@@ -8,7 +8,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -16,6 +18,8 @@ from peftlab.backbones import data_config
 from peftlab.callbacks import is_progress_bar, progress_callback
 from peftlab.methods import MethodConfig
 from peftlab.module import ClassificationModule
+from peftlab.results import AtomicCheckpointIO
+from peftlab.utils import USER_ERRORS
 
 log = logging.getLogger("peftlab")
 
@@ -58,13 +62,23 @@ def build(cfg: DictConfig, loggers: bool = True) -> Built:
     return Built(datamodule=datamodule, method=method, module=module, trainer=trainer)
 
 
+def create(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that re-raises input errors (bad values) as themselves, not wrapped by Hydra."""
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as err:
+        if isinstance(err.__cause__, USER_ERRORS):
+            raise err.__cause__ from None
+        raise
+
+
 def build_datamodule(cfg: DictConfig, **kwargs: Any) -> L.LightningDataModule:
     data_cfg = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in PROTOCOL_KEYS}
-    return instantiate(data_cfg, **kwargs, _convert_="all")
+    return create(data_cfg, **kwargs)
 
 
 def build_method(cfg: DictConfig) -> MethodConfig:
-    method = instantiate(cfg.method, _convert_="all")
+    method = create(cfg.method)
     if not isinstance(method, MethodConfig):
         raise ConfigError(f"method config must instantiate a peftlab MethodConfig, got {type(method).__name__}")
     return method
@@ -72,7 +86,7 @@ def build_method(cfg: DictConfig) -> MethodConfig:
 
 def build_model(cfg: DictConfig, method: MethodConfig) -> nn.Module:
     """Backbone from timm with the method injected."""
-    backbone = instantiate(cfg.backbone, _convert_="all")
+    backbone = create(cfg.backbone)
     return method.apply(backbone)
 
 
@@ -116,7 +130,10 @@ def build_trainer(cfg: DictConfig, method: MethodConfig, with_loggers: bool = Tr
         callbacks.append(bar)
         trainer_kwargs["enable_progress_bar"] = is_progress_bar(bar)
     loggers = build_loggers(cfg, method) if with_loggers else []
-    return instantiate(trainer_kwargs, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    if not loggers:  # nothing to monitor into
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    plugins = [AtomicCheckpointIO()] if "strategy" not in trainer_kwargs else []
+    return instantiate(trainer_kwargs, callbacks=callbacks, logger=loggers or False, plugins=plugins, _convert_="all")
 
 
 def build_loggers(cfg: DictConfig, method: MethodConfig) -> list[Any]:

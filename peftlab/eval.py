@@ -14,6 +14,7 @@ from peftlab.build import build
 from peftlab.checkpoint import load_checkpoint, run_config
 from peftlab.results import atomic_write_text, now
 from peftlab.train import evaluate_split
+from peftlab.utils import run_cli
 
 log = logging.getLogger("peftlab")
 
@@ -35,7 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    run_cli(lambda: evaluate(cfg))
 
 
 if __name__ == "__main__":

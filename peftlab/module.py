@@ -77,7 +77,19 @@ class ClassificationModule(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)
+        loss = self._step(batch, "train", self.train_acc)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(self._non_finite_message(loss))
+        return loss
+
+    def _non_finite_message(self, loss: torch.Tensor) -> str:
+        lrs = [group["lr"] for group in self.trainer.optimizers[0].param_groups] if self.trainer.optimizers else []
+        last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else None
+        return (
+            f"non-finite training loss ({float(loss)}) at step {self.global_step} (epoch {self.current_epoch}), "
+            f"learning rate {max(lrs) if lrs else 'n/a'}: training stopped. Lower optim.lr, set "
+            f"trainer.gradient_clip_val, or use fp32 precision. The last good checkpoint is kept: {last or 'none yet'}"
+        )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val", self.val_acc)
@@ -91,6 +103,11 @@ class ClassificationModule(L.LightningModule):
         acc = self.trainer.callback_metrics.get("val/acc")
         if acc is not None and (self.best_val_acc is None or float(acc) > self.best_val_acc):
             self.best_val_acc, self.best_val_epoch = float(acc), self.current_epoch
+
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        if hasattr(loader, "set_epoch"):  # the cached VTAB loader: same order per epoch, resumed or not
+            loader.set_epoch(self.current_epoch)
 
     def on_train_start(self) -> None:
         counts = count_parameters(self.model)

@@ -27,7 +27,7 @@ from peftlab.results import (
     versions,
     write_results,
 )
-from peftlab.utils import finish_wandb, peak_memory_mb, reset_peak_memory
+from peftlab.utils import finish_wandb, peak_memory_mb, reset_peak_memory, run_cli
 
 log = logging.getLogger("peftlab")
 CONFIG_DIR = "../conf"
@@ -48,21 +48,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     built = build(cfg)
     check_data(built)
     results = initial_results(cfg, built, output_dir, started)
-    write_results(output_dir, results)
+    if is_rank_zero():
+        write_results(output_dir, results)
     try:
         built.trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
         metrics = final_evaluation(cfg, built)
     except BaseException as err:
-        results.update(status=FAILED, error=f"{type(err).__name__}: {err}", finished_at=now())
+        results.update(status=FAILED, error=f"{type(err).__name__}: {err}")
+        results["run_info"]["finished_at"] = now()
         results["train_info"] = train_info(built, time.perf_counter() - t0)
-        write_results(output_dir, results)
+        if is_rank_zero():
+            write_results(output_dir, results)
         raise
     finally:
         finish_wandb(built.trainer)
     results = completed_results(cfg, built, results, metrics, time.perf_counter() - t0)
-    path = write_results(output_dir, results)
-    print_summary(results, path)
+    if is_rank_zero():  # under DDP every rank runs this function; results are written once
+        print_summary(results, write_results(output_dir, results))
     return results
+
+
+def is_rank_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def check_data(built: Built) -> None:
@@ -212,7 +221,7 @@ def print_summary(results: dict[str, Any], path: Path) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     torch.set_float32_matmul_precision("high")
-    results = train(cfg)
+    results = run_cli(lambda: train(cfg))
     return (results or {}).get("reported", {}).get("value")  # the value a Hydra sweeper optimises
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -30,3 +33,19 @@ def finish_wandb(trainer: L.Trainer | None) -> None:
 
     if wandb.run is not None:
         wandb.finish()
+
+
+#: exceptions that mean "the input is wrong": shown as one clear message, without a traceback
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError, TypeError)
+
+
+def run_cli(main: Callable[[], Any]) -> Any:
+    """Run a CLI body; input errors print their message (no traceback unless PEFTLAB_DEBUG=1) and exit with 2."""
+    try:
+        return main()
+    except USER_ERRORS as err:
+        if os.environ.get("PEFTLAB_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {message}\n(set PEFTLAB_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
+        sys.exit(2)

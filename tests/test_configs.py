@@ -82,3 +82,18 @@ def test_paths_come_from_environment(monkeypatch, tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train")
     assert Path(cfg.paths.data_dir) == tmp_path / "vtab"
+
+
+@pytest.mark.parametrize("option", options("method"))
+def test_method_yaml_lists_every_option_with_the_code_default(option):
+    """So that `method.<option>=value` works on the command line without `+`, and the yaml cannot drift."""
+    import dataclasses
+
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(CONF / "method" / f"{option}.yaml")
+    cls = get_class(cfg._target_)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    assert set(cfg) - {"_target_"} == fields
+    assert instantiate(cfg, _convert_="all") == cls()
