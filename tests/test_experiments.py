@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationKeyError
 
 from peftlab.build import build_method
 from peftlab.data.catalog import FGVC_TASKS, VTAB_TASKS
@@ -136,7 +137,7 @@ def test_command_line_beats_the_table_and_method_data_can_be_swapped(hydra_conf)
 
 
 def test_task_missing_from_a_table_fails_at_composition(hydra_conf):
-    with pytest.raises(Exception, match="demo"):
+    with pytest.raises(InterpolationKeyError, match="method_data.tasks.demo"):
         resolved("experiment=rlrr_vtab1k", "data=demo")
 
 
