@@ -97,3 +97,18 @@ def test_method_yaml_lists_every_option_with_the_code_default(option):
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     assert set(cfg) - {"_target_"} == fields
     assert instantiate(cfg, _convert_="all") == cls()
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "local_gpus"])
+def test_cluster_launchers_compose(launcher):
+    """Submission cannot be tested here; the launcher config must compose with the submitit plugin installed."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher")
+    assert cfg.hydra.launcher.gpus_per_node == 1
