@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH_FILE = Path(__file__).resolve().parent.parent / "experiments" / "bench.py"
 TINY = ["--backbone", "vit_tiny", "--device", "cpu", "--depth", "2", "--image-size", "32", "--batch", "2"]
@@ -141,3 +142,16 @@ def test_micro_benchmark_compares_both_forms_of_rlrr_and_hta(bench, tmp_path):
         assert row["vs_frozen"] == pytest.approx(row["seconds"] / frozen["seconds"])
     advice = report["recommendations"]["rlrr"]["16->16"]
     assert advice["faster"] in {"weight", "activation"} and advice["weight_over_activation"] > 0
+
+
+def test_frozen_limit_trains_only_the_head_but_needs_every_activation_gradient(bench):
+    args = bench.parse_args([*TINY, "--quiet"])
+    args.image_size = 32
+    model = bench.make_frozen_limit(bench.build_backbone(args))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"}
+    seen = {}
+    model.blocks[0].register_forward_hook(lambda module, inputs, output: seen.update(first_block=output))
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert seen["first_block"].requires_grad
+    assert all(p.grad is None for name, p in model.named_parameters() if name not in trainable)
