@@ -37,8 +37,14 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import AdapterLayer, MethodConfig, check_choice, check_positive
-from peftlab.methods.lora import check_positive_int, check_probability
+from peftlab.methods.base import (
+    AdapterLayer,
+    MethodConfig,
+    check_choice,
+    check_positive,
+    check_positive_int,
+    check_probability,
+)
 
 STYLES = ("sequential", "parallel")
 

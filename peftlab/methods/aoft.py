@@ -40,7 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.methods import register_method
-from peftlab.methods.base import AdapterLayer, LinearSlice, MethodConfig, check_choice
+from peftlab.methods.base import (
+    AdapterLayer,
+    LinearSlice,
+    MethodConfig,
+    check_bool,
+    check_choice,
+    check_positive_int,
+)
 from peftlab.methods.functional import ao_basis, aoft_update
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
@@ -148,10 +155,8 @@ class AOFTAdapter(_AOFTLayer):
 
 
 def _check_common(config: MethodConfig) -> None:
-    if isinstance(config.rank, bool) or not isinstance(config.rank, int) or config.rank < 1:
-        raise ValueError(f"method option rank={config.rank!r} is invalid: expected an integer >= 1")
-    if not isinstance(config.use_scale, bool):
-        raise ValueError(f"method option use_scale={config.use_scale!r} is invalid: expected true or false")
+    check_positive_int(config.rank, "rank")
+    check_bool(config.use_scale, "use_scale")
 
 
 @register_method("aoft")

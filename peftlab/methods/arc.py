@@ -40,9 +40,15 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import QKV_SLICES, AdapterLayer, MethodConfig
+from peftlab.methods.base import (
+    QKV_SLICES,
+    AdapterLayer,
+    MethodConfig,
+    check_linear,
+    check_positive_int,
+    check_probability,
+)
 from peftlab.methods.inject import find_targets
-from peftlab.methods.lora import check_linear, check_positive_int, check_probability
 
 #: positions whose re-scaling starts at zero (the adapter is the identity there at init)
 ZERO_SCALE_POSITIONS = ("attn",)

@@ -91,6 +91,39 @@ def check_positive(value: Any, what: str, allow_zero: bool = False) -> None:
         raise ValueError(f"method option {what}={value!r} is invalid: expected a number {bound}")
 
 
+def check_int(value: Any, what: str, minimum: int = 1) -> None:
+    """Raise a ValueError naming ``what`` unless ``value`` is an integer >= ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"method option {what}={value!r} is invalid: expected an integer >= {minimum}")
+
+
+def check_positive_int(value: Any, what: str) -> None:
+    """Raise a ValueError naming ``what`` unless ``value`` is an integer >= 1."""
+    check_int(value, what, minimum=1)
+
+
+def check_probability(value: Any, what: str) -> None:
+    """Raise a ValueError naming ``what`` unless ``value`` is a dropout probability in [0, 1)."""
+    check_positive(value, what, allow_zero=True)
+    if value >= 1:
+        raise ValueError(f"method option {what}={value!r} is invalid: expected a probability in [0, 1)")
+
+
+def check_bool(value: Any, what: str) -> None:
+    """Raise a ValueError naming ``what`` unless ``value`` is true or false."""
+    if not isinstance(value, bool):
+        raise ValueError(f"method option {what}={value!r} is invalid: expected true or false")
+
+
+def check_linear(name: str, base: nn.Module, method: str) -> None:
+    """Raise a TypeError unless ``base`` is a Linear layer or a q/k/v slice of one."""
+    if not isinstance(base, (nn.Linear, LinearSlice)):
+        raise TypeError(
+            f"method {method!r} adapts Linear layers (or the q/k/v slices of a fused qkv); "
+            f"{name!r} is a {type(base).__name__}"
+        )
+
+
 def check_choice(value: Any, what: str, choices: tuple[str, ...]) -> None:
     """Raise a ValueError naming ``what`` and the allowed values unless ``value`` is one of ``choices``."""
     if value not in choices:
@@ -197,6 +230,8 @@ class FusedQKV(AdapterLayer):
         super().__init__(base_layer)
         self.parts = nn.ModuleDict({s: parts.get(s, LinearSlice(base_layer, i)) for i, s in enumerate(QKV_SLICES)})
         self.mergeable = all(getattr(p, "mergeable", True) for p in self.parts.values())
+        # weight-side parts (no forward of their own) are cheapest as one GEMM with the concatenated weights
+        self.single_gemm = all(_uses_merged_weight(p) for p in self.parts.values())
 
     def _part_weight(self, part: nn.Module) -> Tensor:
         return part.weight if isinstance(part, LinearSlice) else part.merged_weight()
@@ -215,4 +250,10 @@ class FusedQKV(AdapterLayer):
         return torch.cat([zeros if b is None else b for b in biases])
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.single_gemm:
+            return F.linear(x, self.merged_weight(), self.merged_bias())
         return torch.cat([part(x) for part in self.parts.values()], dim=-1)
+
+
+def _uses_merged_weight(part: nn.Module) -> bool:
+    return isinstance(part, LinearSlice) or type(part).forward is AdapterLayer.forward

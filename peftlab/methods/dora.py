@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.lora import LoraConfig, LoraLayer, check_linear
+from peftlab.methods.base import check_linear
+from peftlab.methods.lora import LoraConfig, LoraLayer
 
 
 @register_method("dora")

@@ -42,9 +42,16 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import QKV_SLICES, AdapterLayer, MethodConfig, check_positive
+from peftlab.methods.base import (
+    QKV_SLICES,
+    AdapterLayer,
+    MethodConfig,
+    check_linear,
+    check_positive,
+    check_positive_int,
+    check_probability,
+)
 from peftlab.methods.inject import find_targets
-from peftlab.methods.lora import check_linear, check_positive_int, check_probability
 
 FORMATS = ("tt", "tk")
 

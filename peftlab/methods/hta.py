@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import register_method
-from peftlab.methods.base import AdapterLayer, LinearSlice, MethodConfig, check_choice
+from peftlab.methods.base import AdapterLayer, LinearSlice, MethodConfig, check_bool, check_choice, check_int
 from peftlab.methods.functional import hta_update
 
 COMPUTE_FORMS = ("activation", "weight")
@@ -113,10 +113,8 @@ class HTAConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
-            raise ValueError(f"method option rank={self.rank!r} is invalid: expected an integer >= 0")
-        if not isinstance(self.normalize, bool):
-            raise ValueError(f"method option normalize={self.normalize!r} is invalid: expected true or false")
+        check_int(self.rank, "rank", minimum=0)
+        check_bool(self.normalize, "normalize")
         check_choice(self.compute, "compute", COMPUTE_FORMS)
 
     def create_layer(self, name: str, base: nn.Module) -> nn.Module:

@@ -18,35 +18,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import AdapterLayer, LinearSlice, MethodConfig, check_positive
-
-
-def check_positive_int(value: Any, what: str) -> None:
-    """Raise a ValueError naming ``what`` unless ``value`` is an integer > 0."""
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"method option {what}={value!r} is invalid: expected an integer > 0")
-
-
-def check_probability(value: Any, what: str) -> None:
-    """Raise a ValueError naming ``what`` unless ``value`` is a dropout probability in [0, 1)."""
-    check_positive(value, what, allow_zero=True)
-    if value >= 1:
-        raise ValueError(f"method option {what}={value!r} is invalid: expected a probability in [0, 1)")
-
-
-def check_linear(name: str, base: nn.Module, method: str) -> None:
-    """Raise a TypeError unless ``base`` is a Linear layer or a q/k/v slice of one."""
-    if not isinstance(base, (nn.Linear, LinearSlice)):
-        raise TypeError(
-            f"method {method!r} adapts Linear layers (or the q/k/v slices of a fused qkv); "
-            f"{name!r} is a {type(base).__name__}"
-        )
+from peftlab.methods.base import (
+    AdapterLayer,
+    MethodConfig,
+    check_linear,
+    check_positive,
+    check_positive_int,
+    check_probability,
+)
 
 
 @register_method("lora")

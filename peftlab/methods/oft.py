@@ -31,8 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import AdapterLayer, MethodConfig
-from peftlab.methods.lora import check_linear, check_positive_int
+from peftlab.methods.base import AdapterLayer, MethodConfig, check_linear, check_positive_int
 
 
 @register_method("oft")

@@ -45,8 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import AdapterLayer, MethodConfig
-from peftlab.methods.lora import check_positive_int, check_probability
+from peftlab.methods.base import AdapterLayer, MethodConfig, check_positive_int, check_probability
 
 
 @register_method("vpt_shallow")

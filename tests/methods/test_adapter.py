@@ -112,8 +112,8 @@ def test_merge_is_refused_with_a_clear_message():
     "kwargs, match",
     [
         ({"style": "serial"}, "style='serial'.*sequential, parallel"),
-        ({"bottleneck": 0}, "bottleneck=0.*integer > 0"),
-        ({"bottleneck": 8.5}, "bottleneck=8.5.*integer > 0"),
+        ({"bottleneck": 0}, "bottleneck=0.*integer >= 1"),
+        ({"bottleneck": 8.5}, "bottleneck=8.5.*integer >= 1"),
         ({"scale": 0}, "scale=0.*> 0"),
         ({"activation": "tanh"}, "activation='tanh'.*gelu, quick_gelu, relu"),
         ({"dropout": 1.0}, r"dropout=1.0.*\[0, 1\)"),

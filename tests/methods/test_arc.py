@@ -112,7 +112,7 @@ def test_projections_are_shared_once():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"bottleneck": 0}, "bottleneck=0.*integer > 0"), ({"dropout": 1.5}, r"dropout=1.5.*\[0, 1\)")],
+    [({"bottleneck": 0}, "bottleneck=0.*integer >= 1"), ({"dropout": 1.5}, r"dropout=1.5.*\[0, 1\)")],
 )
 def test_invalid_options_name_the_option(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -88,7 +88,7 @@ def test_detached_norm_changes_gradients_not_outputs():
     "options, message",
     [
         ({"detach_norm": "yes"}, "detach_norm='yes' is invalid: expected true or false"),
-        ({"rank": 0}, "rank=0 is invalid: expected an integer > 0"),
+        ({"rank": 0}, "rank=0 is invalid: expected an integer >= 1"),
         ({"dropout": 1.5}, "dropout=1.5 is invalid"),
     ],
 )

@@ -131,7 +131,7 @@ def test_dropout_on_the_core_only_in_training():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"rank": 0}, "rank=0.*integer > 0"),
+        ({"rank": 0}, "rank=0.*integer >= 1"),
         ({"scale": -1.0}, "scale=-1.0.*> 0"),
         ({"dropout": 1.0}, r"dropout=1.0.*\[0, 1\)"),
     ],

@@ -121,8 +121,8 @@ def test_dropout_acts_on_the_lora_input_only():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"rank": 0}, "rank=0 is invalid: expected an integer > 0"),
-        ({"rank": 2.5}, "rank=2.5 is invalid: expected an integer > 0"),
+        ({"rank": 0}, "rank=0 is invalid: expected an integer >= 1"),
+        ({"rank": 2.5}, "rank=2.5 is invalid: expected an integer >= 1"),
         ({"alpha": 0}, "alpha=0 is invalid: expected a number > 0"),
         ({"dropout": 1.0}, r"dropout=1.0 is invalid: expected a probability in \[0, 1\)"),
         ({"dropout": -0.1}, "dropout=-0.1 is invalid"),

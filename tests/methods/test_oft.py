@@ -126,8 +126,8 @@ def test_bf16_autocast_output_is_finite_and_close_to_fp32():
     [
         ({"block_size": 16, "r": 4}, "set exactly one"),
         ({"block_size": None}, "set exactly one"),
-        ({"block_size": 0}, "block_size=0 is invalid: expected an integer > 0"),
-        ({"block_size": None, "r": 1.5}, "r=1.5 is invalid: expected an integer > 0"),
+        ({"block_size": 0}, "block_size=0 is invalid: expected an integer >= 1"),
+        ({"block_size": None, "r": 1.5}, "r=1.5 is invalid: expected an integer >= 1"),
     ],
 )
 def test_invalid_options_name_the_option(options, message):

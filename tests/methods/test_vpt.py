@@ -105,8 +105,8 @@ def test_merge_is_refused_with_a_clear_message():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"num_prompts": 0}, "num_prompts=0.*integer > 0"),
-        ({"num_prompts": 2.0}, "num_prompts=2.0.*integer > 0"),
+        ({"num_prompts": 0}, "num_prompts=0.*integer >= 1"),
+        ({"num_prompts": 2.0}, "num_prompts=2.0.*integer >= 1"),
         ({"dropout": -0.1}, "dropout=-0.1"),
         ({"dropout": 1}, r"dropout=1.*\[0, 1\)"),
     ],
