@@ -131,6 +131,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, default=1000, help="end-to-end estimate: training images")
     parser.add_argument("--test-size", type=int, default=10_000, help="end-to-end estimate: test images")
     parser.add_argument("--tasks", type=int, default=19, help="end-to-end estimate: tasks in the benchmark")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="extra candidate with non-default options, e.g. hta:compute=weight (repeatable)",
+    )
+    parser.add_argument("--tag", default=None, help="suffix of the result file names")
     parser.add_argument("--no-data", action="store_true", help="skip the data-path comparison")
     parser.add_argument("--data-source-size", type=int, default=128, help="side of the generated JPEGs (px)")
     parser.add_argument("--data-workers", type=int, default=0, help="DataLoader workers of the PIL path")
@@ -153,6 +160,18 @@ def resolve_methods(selection: str) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(registered)}")
     return [n for n in dict.fromkeys(names) if n not in REFERENCES]
+
+
+def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
+    """``hta:compute=weight,rank=0`` -> (``hta[compute=weight,rank=0]``, ``hta``, options); values parsed as YAML."""
+    import yaml
+
+    method, _, assignments = text.partition(":")
+    pairs = [item.split("=", 1) for item in assignments.split(",") if item]
+    if method not in list_methods() or not pairs or any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--variant {text!r}: expected <registered method>:<option>=<value>[,<option>=<value>]")
+    options = {key.strip(): yaml.safe_load(value) for key, value in pairs}
+    return f"{method}[{assignments}]", method, options
 
 
 def setup_runtime(args: argparse.Namespace) -> torch.device:
@@ -222,12 +241,15 @@ def merged_copy(model: nn.Module) -> nn.Module | None:
         return None
 
 
-def build_candidate(name: str, args: argparse.Namespace, device: torch.device) -> Candidate:
+def build_candidate(
+    name: str, args: argparse.Namespace, device: torch.device, method: str | None = None, options: dict | None = None
+) -> Candidate:
+    """``name`` labels the candidate; ``method`` (default: ``name``) with ``options`` is the registered config."""
     model = build_backbone(args)
     if name == "frozen":
         make_frozen_limit(model)
     else:
-        get_method(name)().apply(model)
+        get_method(method or name)(**(options or {})).apply(model)
     model.to(device)
     role = "reference" if name in REFERENCES else "method"
     candidate = Candidate(name, role, model, make_optimizer(model), count_parameters(model))
@@ -498,9 +520,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     images, labels = random_batch(args, device)
     plain = build_backbone(args).to(device).eval()
     candidates = []
-    for name in [*REFERENCES, *methods]:
+    variants = [(name, name, {}) for name in [*REFERENCES, *methods]] + [parse_variant(v) for v in args.variant]
+    for name, method, options in variants:
         log(args, f"building {name}")
-        candidates.append(build_candidate(name, args, device))
+        candidates.append(build_candidate(name, args, device, method, options))
     samples = interleaved_samples(timing_tasks(candidates, plain, images, labels, args.dtype), args, device)
     medians = {key: statistics.median(values) for key, values in samples.items()}
     memory = {c.name: memory_profile(c, train_step_fn(c, images, labels, args.dtype), device) for c in candidates}
@@ -526,7 +549,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "samples_s": samples,
     }
     report["markdown"] = bench_markdown(report)
-    return write_report(report, f"{device.type}-{args.backbone}-{args.dtype}", args)
+    return write_report(report, result_stem(f"{device.type}-{args.backbone}-{args.dtype}", args), args)
 
 
 def memory_source(device: torch.device) -> str:
@@ -694,7 +717,7 @@ def run_micro(args: argparse.Namespace) -> dict[str, Any]:
         "samples_s": samples,
     }
     report["markdown"] = micro_markdown(report)
-    return write_report(report, f"micro-{device.type}-{args.dtype}", args)
+    return write_report(report, result_stem(f"micro-{device.type}-{args.dtype}", args), args)
 
 
 def micro_rows(samples: dict[str, list[float]]) -> list[dict[str, Any]]:
@@ -877,6 +900,10 @@ def micro_markdown(report: dict[str, Any]) -> str:
         *advice,
     ]
     return "\n".join(lines) + "\n"
+
+
+def result_stem(stem: str, args: argparse.Namespace) -> str:
+    return f"{stem}-{args.tag}" if args.tag else stem
 
 
 def output_paths(out_dir: Path, stem: str, force: bool) -> tuple[Path, Path]:

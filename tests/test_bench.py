@@ -15,6 +15,7 @@ BENCH_FILE = Path(__file__).resolve().parent.parent / "experiments" / "bench.py"
 TINY = ["--backbone", "vit_tiny", "--device", "cpu", "--depth", "2", "--image-size", "32", "--batch", "2"]
 ONE_ROUND = ["--repeats", "1", "--warmup", "1", "--steps", "1", "--quiet"]
 METHODS = ("lora", "adapter")  # one mergeable, one not
+VARIANT = "lora[rank=2]"
 
 
 def load_bench():
@@ -33,7 +34,19 @@ def bench():
 @pytest.fixture(scope="module")
 def report(bench, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    return bench.main([*TINY, *ONE_ROUND, "--methods", ",".join(METHODS), "--no-data", "--out-dir", str(out)])
+    return bench.main(
+        [
+            *TINY,
+            *ONE_ROUND,
+            "--methods",
+            ",".join(METHODS),
+            "--variant",
+            "lora:rank=2",
+            "--no-data",
+            "--out-dir",
+            str(out),
+        ]
+    )
 
 
 def rows_by_name(report) -> dict:
@@ -45,7 +58,7 @@ def test_writes_markdown_and_json_named_by_device_backbone_dtype(report):
     assert markdown.name == "cpu-vit_tiny-fp32.md" and json_file.name == "cpu-vit_tiny-fp32.json"
     assert markdown.read_text() == report["markdown"]
     stored = json.loads(json_file.read_text())
-    assert [row["name"] for row in stored["rows"]] == ["frozen", "full", *METHODS]
+    assert [row["name"] for row in stored["rows"]] == ["frozen", "full", *METHODS, VARIANT]
     setup = stored["setup"]
     for key in ("device", "device_name", "dtype", "batch", "image_size", "repeats", "warmup", "torch_threads"):
         assert key in setup
@@ -58,7 +71,7 @@ def test_markdown_has_one_table_row_per_candidate_with_the_target_columns(report
     lines = report["markdown"].splitlines()
     header = next(line for line in lines if line.startswith("| method |"))
     assert header == "| " + " | ".join(bench.BENCH_HEADER) + " |"
-    for name in ("frozen", "full", *METHODS):
+    for name in ("frozen", "full", *METHODS, VARIANT):
         assert sum(line.startswith(f"| {name} |") for line in lines) == 1
 
 
@@ -120,6 +133,20 @@ def test_existing_results_are_not_overwritten_without_force(bench, tmp_path):
     markdown.write_text("taken")
     again = bench.output_paths(tmp_path, "cpu-x-fp32", force=False)[0]
     assert again != markdown and not again.exists()
+
+
+def test_variants_are_extra_candidates_with_their_options(report, bench):
+    rows = rows_by_name(report)
+    assert rows[VARIANT]["role"] == "method" and rows[VARIANT]["mergeable"] is True
+    assert 0 < rows[VARIANT]["trainable_params_without_head"] < rows["lora"]["trainable_params_without_head"]
+    assert bench.parse_variant("hta:compute=weight,rank=0") == (
+        "hta[compute=weight,rank=0]",
+        "hta",
+        {"compute": "weight", "rank": 0},
+    )
+    for bad in ("nope:rank=1", "lora", "lora:rank"):
+        with pytest.raises(SystemExit, match="--variant"):
+            bench.parse_variant(bad)
 
 
 def test_method_selection_rejects_unknown_names_and_keeps_references_apart(bench):
