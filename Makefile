@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo train test test-fast test-gpu lint format bench clean
+.PHONY: help install demo train test test-fast test-gpu lint format bench report clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ format: $(STAMP) ## ruff fix + format
 
 bench: $(STAMP) ## throughput/memory benchmark of every method (ARGS="--backbone vit_b16 --device cuda" on a GPU)
 	$(BIN)/python experiments/bench.py $(ARGS)
+
+report: $(STAMP) ## aggregate results.json files into tables: make report ARGS="logs/sweeps/vtab1k_all/rlrr_vtab1k"
+	$(BIN)/python -m peftlab.report $(ARGS)
 
 clean: ## remove caches (keeps logs/ and data/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__
