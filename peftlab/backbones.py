@@ -27,6 +27,7 @@ def create_backbone(
     pretrained: bool = False,
     weights_file: str | None = None,
     head_init: str = "zeros",
+    branch_dropout: float = 0.0,
     model_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Create a timm model with a fresh ``num_classes`` head.
@@ -38,6 +39,8 @@ def create_backbone(
         weights_file: load weights from this local file instead (``.safetensors``, ``.bin``, ``.pth`` or ``.npz``);
             implies pretrained. timm's own filter adapts the checkpoint (head dropped, position embeddings resized).
         head_init: ``zeros`` (as the RLRR/VPT code) or ``default`` (timm's init).
+        branch_dropout: element-wise dropout on each block's attention and MLP branch outputs, rising linearly from 0
+            (first block) to this rate (last block): what the RLRR code calls "drop_path" (not stochastic depth).
         model_kwargs: extra architecture arguments for ``timm.create_model`` (``img_size``, ``patch_size``, ...).
     """
     kwargs = dict(model_kwargs or {})
@@ -63,11 +66,26 @@ def create_backbone(
             f"Without network access, download the checkpoint elsewhere and pass it as a local file: "
             f"backbone.weights_file=/path/to/model.safetensors (or set PEFTLAB_WEIGHTS / paths.weights_dir)."
         ) from err
+    set_branch_dropout(model, branch_dropout)
     if head_init == "zeros":
         reset_head_to_zeros(model)
     elif head_init != "default":
         raise ValueError(f"backbone.head_init={head_init!r} is invalid: expected 'zeros' or 'default'")
     return model
+
+
+def set_branch_dropout(model: nn.Module, rate: float) -> None:
+    """Dropout rate ``rate·i/(L−1)`` on the residual branch outputs of block i (timm's ``attn.proj_drop`` and
+    ``mlp.drop2``), as the RLRR code's per-task "drop_path"."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"backbone.branch_dropout={rate!r} is invalid: expected a probability in [0, 1)")
+    blocks = list(getattr(model, "blocks", []))
+    if rate and not blocks:
+        raise ValueError(f"backbone.branch_dropout needs a ViT with .blocks; {type(model).__name__} has none")
+    for i, block in enumerate(blocks):
+        p = rate * i / max(1, len(blocks) - 1)
+        for dropout in (block.attn.proj_drop, block.mlp.drop2):
+            dropout.p = p
 
 
 @torch.no_grad()

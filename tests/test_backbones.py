@@ -1,0 +1,45 @@
+"""Backbones come from timm's factory: heads, local weights files, branch dropout, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from peftlab.backbones import WeightsError, create_backbone, data_config
+
+TINY = dict(img_size=32, patch_size=8, depth=3)
+
+
+def test_head_is_reset_to_the_task_and_zeroed():
+    model = create_backbone("vit_tiny_patch16_224", num_classes=7, model_kwargs=TINY)
+    head = model.get_classifier()
+    assert head.out_features == 7 and torch.count_nonzero(head.weight) == 0
+
+
+def test_local_weights_file_is_loaded_through_timm(tmp_path):
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **TINY)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    model = create_backbone("vit_tiny_patch16_224", num_classes=3, weights_file=str(path), model_kwargs=TINY)
+    torch.testing.assert_close(model.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight)
+
+
+def test_missing_weights_file_names_the_option(tmp_path):
+    with pytest.raises(WeightsError, match="backbone.weights_file"):
+        create_backbone("vit_tiny_patch16_224", num_classes=3, weights_file=str(tmp_path / "nope.safetensors"))
+
+
+def test_branch_dropout_rises_linearly_over_blocks():
+    model = create_backbone("vit_tiny_patch16_224", num_classes=3, branch_dropout=0.3, model_kwargs=TINY)
+    rates = [(b.attn.proj_drop.p, b.mlp.drop2.p) for b in model.blocks]
+    assert rates == [(0.0, 0.0), (0.15, 0.15), (0.3, 0.3)]
+    with pytest.raises(ValueError, match="branch_dropout"):
+        create_backbone("vit_tiny_patch16_224", num_classes=3, branch_dropout=1.5, model_kwargs=TINY)
+
+
+def test_normalisation_comes_from_the_pretrained_config():
+    model = create_backbone("vit_base_patch16_224.orig_in21k", num_classes=3, model_kwargs=dict(depth=1))
+    assert data_config(model)["mean"] == (0.5, 0.5, 0.5)
+    model = create_backbone("vit_tiny_patch16_224.augreg_in21k", num_classes=3, model_kwargs=TINY)
+    assert data_config(model)["interpolation"] == "bicubic"
