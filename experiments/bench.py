@@ -177,6 +177,8 @@ def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
 def setup_runtime(args: argparse.Namespace) -> torch.device:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
+    if args.device == "cpu" and args.backbone != "vit_tiny" and not args.micro:
+        log(args, f"note: {args.backbone} on CPU takes hours for every method; --backbone vit_tiny is the CPU setting")
     if args.device == "cpu" and args.dtype == "bf16":
         log(args, "note: bf16 autocast on CPU is usually slower than fp32; measuring anyway")
     threads = args.threads or (1 if args.device == "cpu" else None)
