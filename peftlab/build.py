@@ -85,7 +85,9 @@ def build_method(cfg: DictConfig) -> MethodConfig:
 
 
 def build_model(cfg: DictConfig, method: MethodConfig) -> nn.Module:
-    """Backbone from timm with the method injected."""
+    """Backbone from timm with the method injected. Seeded, so that a random-init backbone (and the method's init)
+    is the same in train, eval and export: checkpoints hold only the trainable tensors."""
+    torch.manual_seed(cfg.seed)
     backbone = create(cfg.backbone)
     return method.apply(backbone)
 

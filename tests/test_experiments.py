@@ -114,7 +114,7 @@ def test_rlrr_vtab1k_per_task_values_resolve(hydra_conf, experiment, task, lr, w
     assert cfg.optim.weight_decay == pytest.approx(weight_decay)
     assert cfg.data.hflip is hflip and cfg.data.batch_size == 32
     assert cfg.method_data.selected.branch_dropout == pytest.approx(branch_dropout)
-    assert "branch_dropout" in cfg.method_data.not_applied
+    assert cfg.backbone.branch_dropout == pytest.approx(branch_dropout)
 
 
 @pytest.mark.parametrize("task, lr", [("cub", 3e-3), ("nabirds", 5e-4), ("flowers", 3e-3), ("dogs", 1e-4)])

@@ -153,6 +153,11 @@ class AdapterLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return base_forward(self.base_layer, x, self.merged_weight(), self.merged_bias())
 
+    @property
+    def computes_with_merged_weight(self) -> bool:
+        """True when ``forward`` is the base op with ``merged_weight()`` (then fused q/k/v can share one GEMM)."""
+        return type(self).forward is AdapterLayer.forward
+
     def adapter_parameters(self) -> list[nn.Parameter]:
         """The method's own parameters (everything but the base layer's)."""
         base = {id(p) for p in self.base_layer.parameters()}
@@ -256,4 +261,4 @@ class FusedQKV(AdapterLayer):
 
 
 def _uses_merged_weight(part: nn.Module) -> bool:
-    return isinstance(part, LinearSlice) or type(part).forward is AdapterLayer.forward
+    return isinstance(part, LinearSlice) or part.computes_with_merged_weight
