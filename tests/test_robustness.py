@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -136,3 +137,18 @@ def test_two_process_ddp_matches_one_process(cli_env, tmp_path):
     acc_one = final(tmp_path / "one")["reported"]["value"]
     acc_two = final(tmp_path / "two")["reported"]["value"]
     assert abs(acc_one - acc_two) <= 0.05  # stated tolerance: 5 points of accuracy on the 400-image demo test set
+
+
+@pytest.mark.parametrize("method", ["hta", "aoft", "oft"])
+def test_bf16_mixed_precision_trains_on_cpu(make_cfg, method):
+    """Methods with Householder/orthogonal math run under bf16 autocast (their math stays float32 inside)."""
+    results = train(make_cfg(f"method={method}", "trainer.precision=bf16-mixed", "debug=limit", *DEMO_FAST))
+    assert results["meta_info"]["precision"] == "bf16-mixed"
+    assert results["status"] == "complete" and math.isfinite(results["metrics"]["train/loss"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_on_gpu(make_cfg, precision):
+    results = train(make_cfg("method=rlrr", "trainer=gpu", f"trainer.precision={precision}", "debug=limit", *DEMO_FAST))
+    assert results["status"] == "complete" and results["meta_info"]["device"] != "cpu"
