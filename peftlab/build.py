@@ -57,7 +57,7 @@ def build(cfg: DictConfig, loggers: bool = True) -> Built:
     module = ClassificationModule(model=model, num_classes=cfg.data.num_classes, **recipe)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.trainer.get("compile"):
-        module.model = compile_model(module.model)
+        compile_in_place(module.model)
     trainer = build_trainer(cfg, method, with_loggers=loggers)
     return Built(datamodule=datamodule, method=method, module=module, trainer=trainer)
 
@@ -114,13 +114,13 @@ def _patch_size_from_name(name: str) -> int | None:
     return None
 
 
-def compile_model(model: nn.Module) -> nn.Module:
-    """``torch.compile`` when available; falls back to eager (with a warning) where compilation is unsupported."""
+def compile_in_place(model: nn.Module) -> None:
+    """``nn.Module.compile`` (parameter names, hence checkpoints, stay unchanged); falls back to eager with a warning
+    where compilation is unsupported."""
     try:
-        return torch.compile(model)
+        model.compile()
     except Exception as err:  # noqa: BLE001 - any backend failure means: run eager
         log.warning("torch.compile unavailable (%s); running eagerly", err)
-        return model
 
 
 def build_trainer(cfg: DictConfig, method: MethodConfig, with_loggers: bool = True) -> L.Trainer:

@@ -152,3 +152,15 @@ def test_bf16_mixed_precision_trains_on_cpu(make_cfg, method):
 def test_mixed_precision_trains_on_gpu(make_cfg, precision):
     results = train(make_cfg("method=rlrr", "trainer=gpu", f"trainer.precision={precision}", "debug=limit", *DEMO_FAST))
     assert results["status"] == "complete" and results["meta_info"]["device"] != "cpu"
+
+
+@pytest.mark.slow
+def test_compiled_training_keeps_plain_checkpoint_keys(make_cfg, tmp_path):
+    from peftlab.build import build
+    from peftlab.checkpoint import load_checkpoint, model_state
+    from peftlab.methods.inject import trainable_state_dict
+
+    cfg = make_cfg("trainer.compile=true", "debug=limit", "trainer.max_epochs=1", *DEMO_FAST)
+    assert train(cfg)["status"] == "complete"
+    state = model_state(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    assert set(state) == set(trainable_state_dict(build(make_cfg(*DEMO_FAST), loggers=False).model))
