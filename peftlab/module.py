@@ -86,7 +86,7 @@ class ClassificationModule(L.LightningModule):
         lrs = [group["lr"] for group in self.trainer.optimizers[0].param_groups] if self.trainer.optimizers else []
         last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else None
         return (
-            f"non-finite training loss ({float(loss)}) at step {self.global_step} (epoch {self.current_epoch}), "
+            f"non-finite training loss ({loss.item()}) at step {self.global_step} (epoch {self.current_epoch}), "
             f"learning rate {max(lrs) if lrs else 'n/a'}: training stopped. Lower optim.lr, set "
             f"trainer.gradient_clip_val, or use fp32 precision. The last good checkpoint is kept: {last or 'none yet'}"
         )
