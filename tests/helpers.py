@@ -1,15 +1,34 @@
-"""Small shared helpers for tests: tiny real timm ViTs and the one documented tolerance."""
+"""Small shared helpers for tests: tiny real timm ViTs, the one documented tolerance, parameter counts on the
+papers' backbones."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 import timm
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
+
+from peftlab.methods.inject import count_parameters
 
 #: the one tolerance for float32 equivalence checks (formula vs implementation, merged vs adapted)
 ATOL = RTOL = 1e-5
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0)
+DIM = TINY_VIT["embed_dim"]  # tiny_vit width
+
+#: a 100-class head on ViT-B/16: 768 · 100 + 100
+HEAD_100 = 76_900
+#: the benchmark's average head, mean of (D + 1) · C over its tasks (methods.md, "Conventions"); the tables' counts
+#: include it. VTAB-1k (19 tasks) and FGVC (5) on ViT-B/16 (D = 768), VTAB-1k on ViT-L/16 (D = 1024).
+AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407, "vtab_large": 50_711}
+
+METHOD_CONF = Path(__file__).parents[1] / "conf" / "method"
 
 
 def tiny_vit(num_classes: int = 5, seed: int = 0, **overrides) -> nn.Module:
@@ -33,6 +52,24 @@ def vit_l16(num_classes: int = 0) -> nn.Module:
     return timm.create_model("vit_large_patch16_224", pretrained=False, num_classes=num_classes)
 
 
+def count_on(config, num_classes: int = 0, factory: Callable[[int], nn.Module] = vit_b16) -> dict[str, int]:
+    """``count_parameters`` of ``config`` applied to ``factory(num_classes)`` (ViT-B/16 by default), built and
+    adapted on the meta device: the real shapes, no memory and no init time."""
+    with torch.device("meta"):
+        return count_parameters(config.apply(factory(num_classes)))
+
+
+def assert_invalid(config_cls: type, overrides: dict, message: str) -> None:
+    """``config_cls(**overrides)`` raises a ValueError whose message matches the regex ``message``."""
+    with pytest.raises(ValueError, match=message):
+        config_cls(**overrides)
+
+
+def method_yaml(name: str):
+    """The method config that ``conf/method/<name>.yaml`` instantiates."""
+    return instantiate(OmegaConf.load(METHOD_CONF / f"{name}.yaml"))
+
+
 def images(batch: int = 3, size: int = 32, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -44,3 +81,31 @@ def perturb(model: nn.Module, scale: float = 0.1, seed: int = 2) -> None:
     for p in model.parameters():
         if p.requires_grad:
             p.add_(scale * torch.randn(p.shape, generator=gen).to(p))
+
+
+@torch.no_grad()
+def with_qv_weights(
+    base: nn.Module, model: nn.Module, new_weight: Callable[[torch.Tensor, nn.Module], torch.Tensor]
+) -> nn.Module:
+    """A copy of ``base`` whose fused qkv weights hold ``new_weight(w, layer)`` in the q and v rows (``w`` the base's
+    rows, ``layer`` the adapted ``parts["q"]`` / ``parts["v"]`` of ``model``), k unchanged, with ``model``'s head."""
+    reference = copy.deepcopy(base)
+    reference.head.load_state_dict(model.head.state_dict())
+    for block, adapted, ref in zip(base.blocks, model.blocks, reference.blocks, strict=True):
+        w_q, w_k, w_v = block.attn.qkv.weight.chunk(3)
+        parts = adapted.attn.qkv.parts
+        ref.attn.qkv.weight.copy_(torch.cat([new_weight(w_q, parts["q"]), w_k, new_weight(w_v, parts["v"])]))
+    return reference
+
+
+@torch.no_grad()
+def assert_train_dropout(model: nn.Module) -> None:
+    """In eval mode two forwards agree exactly; in train mode, with different dropout masks, they differ."""
+    x = images()
+    model.eval()
+    torch.testing.assert_close(model(x), model(x), atol=0, rtol=0)
+    model.train()
+    torch.manual_seed(0)
+    first = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(first, model(x))

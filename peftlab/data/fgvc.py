@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from peftlab.data.base import INCEPTION_MEAN_STD, ImageClassificationDataModule
+from peftlab.data.base import ImageClassificationDataModule
 from peftlab.data.catalog import FGVC_TASKS, FGVCSpec, find_spec
 from peftlab.data.errors import DataError, Problem
 from peftlab.data.splits import FGVC_PROTOCOL, FGVC_SOURCE_FIX, LabeledImages, find_task_dir, read_json_split
@@ -111,34 +112,12 @@ class FGVCDataModule(ImageClassificationDataModule):
         num_classes: int,
         group: str = "fgvc",
         dataset: str = "fgvc",
-        split: str = "final",
-        batch_size: int = 32,
-        eval_batch_size: int = 128,
-        num_workers: int | str = "auto",
-        image_size: int = 224,
-        interpolation: str = "bicubic",
-        mean: Sequence[float] = INCEPTION_MEAN_STD,
-        std: Sequence[float] = INCEPTION_MEAN_STD,
-        pin_memory: bool | str = "auto",
+        *,
         resize_size: int = 256,
         crop_scale: Sequence[float] = (0.08, 1.0),
+        **kwargs: Any,
     ):
-        super().__init__(
-            root,
-            task,
-            num_classes,
-            group,
-            dataset,
-            split,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            image_size,
-            interpolation,
-            mean,
-            std,
-            pin_memory,
-        )
+        super().__init__(root, task, num_classes, group, dataset, **kwargs)
         self.spec = fgvc_task_spec(task, num_classes)
         self.resize_size = resize_size
         self.crop_scale = tuple(float(s) for s in crop_scale)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from peftlab.data.base import INCEPTION_MEAN_STD, ImageClassificationDataModule
+from peftlab.data.base import ImageClassificationDataModule
 from peftlab.data.cache import CACHE_DIR_NAME, CACHE_MODES, CachedBatchLoader, cache_nbytes, load_or_build_cache
 from peftlab.data.catalog import DEMO_TASK, VTAB_TASKS, TaskSpec, find_spec
 from peftlab.data.demo import make_demo_dataset
@@ -81,39 +81,17 @@ class VTABDataModule(ImageClassificationDataModule):
         num_classes: int,
         group: str | None = None,
         dataset: str = "vtab1k",
-        split: str = "final",
-        batch_size: int = 32,
-        eval_batch_size: int = 128,
-        num_workers: int | str = "auto",
-        image_size: int = 224,
-        interpolation: str = "bicubic",
+        *,
         cache: str = "memory",
-        mean: Sequence[float] = INCEPTION_MEAN_STD,
-        std: Sequence[float] = INCEPTION_MEAN_STD,
         hflip: bool = False,
         generate_demo: bool = False,
-        pin_memory: bool | str = "auto",
         cache_device: str = "auto",
         cache_max_gb: float = 4.0,
         seed: int | None = None,
+        **kwargs: Any,
     ):
         spec = vtab_task_spec(task, num_classes, group)
-        super().__init__(
-            root,
-            task,
-            num_classes,
-            spec.group,
-            dataset,
-            split,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            image_size,
-            interpolation,
-            mean,
-            std,
-            pin_memory,
-        )
+        super().__init__(root, task, num_classes, spec.group, dataset, **kwargs)
         if cache not in CACHE_MODES:
             raise ValueError(f"data.cache={cache!r}; use one of {list(CACHE_MODES)}")
         if generate_demo and task != DEMO_TASK.name:

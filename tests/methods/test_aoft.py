@@ -4,16 +4,25 @@ float32 generation under autocast, validation."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from peftlab.methods.aoft import AOFTAdapter, AOFTAdapterConfig, AOFTConfig, AOFTLinear
-from peftlab.methods.inject import count_parameters
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+from tests.helpers import (
+    ATOL,
+    AVERAGE_HEAD,
+    DIM,
+    HEAD_100,
+    RTOL,
+    assert_invalid,
+    count_on,
+    images,
+    method_yaml,
+    perturb,
+    tiny_vit,
+    with_qv_weights,
+)
 
 #: AOFT-P main tables as reprinted by secondary summaries (methods.md §3.3, [S]): LoRA+AOFT 0.22 M on FGVC;
 #: Adapter+AOFT(*) 0.06 M on VTAB-1k and 0.20 M on FGVC, head included. Derived by hand (methods.md §3.4):
@@ -25,37 +34,22 @@ ADAPTER_TABLE_M = {"vtab": 0.06, "fgvc": 0.20}
 #: our zero-initialised scale λ (needed to start at ΔW = 0): one gate per module, or rank 8 values with use_scale
 GATES = {"aoft": 24, "aoft_adapter": 12}
 RANK = 8
-AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407}
-HEAD_100 = 76_900
-DIM = 64  # tiny_vit width
-CONF = Path(__file__).parents[2] / "conf" / "method"
-
-
-def trainable_on_vit_b16(config, num_classes: int = 0) -> dict[str, int]:
-    with torch.device("meta"):  # real shapes, no init time
-        model = vit_b16(num_classes)
-    return count_parameters(config.apply(model))
 
 
 @pytest.mark.parametrize("use_scale", [False, True])
-def test_lora_aoft_count_matches_the_reported_figure(use_scale):
-    scales = GATES["aoft"] * (RANK if use_scale else 1)
-    counts = trainable_on_vit_b16(AOFTConfig(use_scale=use_scale), num_classes=100)
-    assert counts["trainable_without_head"] == AOFT_VIT_B16 + scales
-    assert counts["trainable"] == AOFT_VIT_B16 + scales + HEAD_100
-    for bench, millions in AOFT_TABLE_M.items():  # the scales do not change the reported rounding
-        assert round((AOFT_VIT_B16 + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
-        assert round((AOFT_VIT_B16 + scales + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
-
-
-@pytest.mark.parametrize("use_scale", [False, True])
-def test_adapter_aoft_count_matches_the_reported_figures(use_scale):
-    scales = GATES["aoft_adapter"] * (RANK if use_scale else 1)
-    counts = trainable_on_vit_b16(AOFTAdapterConfig(use_scale=use_scale), num_classes=100)
-    assert counts["trainable_without_head"] == ADAPTER_VIT_B16 + scales
-    assert counts["trainable"] == ADAPTER_VIT_B16 + scales + HEAD_100
-    for bench, millions in ADAPTER_TABLE_M.items():
-        assert round((ADAPTER_VIT_B16 + scales + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
+@pytest.mark.parametrize(
+    "config, derived, table",
+    [(AOFTConfig, AOFT_VIT_B16, AOFT_TABLE_M), (AOFTAdapterConfig, ADAPTER_VIT_B16, ADAPTER_TABLE_M)],
+    ids=["lora_aoft", "adapter_aoft"],
+)
+def test_count_matches_the_reported_figures(config, derived, table, use_scale):
+    scales = GATES[config.name] * (RANK if use_scale else 1)
+    counts = count_on(config(use_scale=use_scale), num_classes=100)
+    assert counts["trainable_without_head"] == derived + scales
+    assert counts["trainable"] == derived + scales + HEAD_100
+    for bench, millions in table.items():  # the scales do not change the reported rounding
+        assert round((derived + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
+        assert round((derived + scales + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
 
 
 def dense_q(q: torch.Tensor) -> torch.Tensor:
@@ -91,14 +85,9 @@ def test_lora_aoft_forward_equals_the_formula_on_q_and_v(use_scale):
     base = tiny_vit()
     model = AOFTConfig(use_scale=use_scale).apply(copy.deepcopy(base)).eval()
     perturb(model)
-    reference = copy.deepcopy(base)
+    reference = with_qv_weights(base, model, lambda _, layer: paper_weight(layer))  # paper_weight reads W itself
+    x = images()
     with torch.no_grad():
-        reference.head.load_state_dict(model.head.state_dict())
-        for block, ref in zip(model.blocks, reference.blocks, strict=True):
-            parts = block.attn.qkv.parts
-            w_k = ref.attn.qkv.weight[DIM : 2 * DIM].clone()
-            ref.attn.qkv.weight.copy_(torch.cat([paper_weight(parts["q"]), w_k, paper_weight(parts["v"])]))
-        x = images()
         torch.testing.assert_close(model(x), reference(x), atol=ATOL, rtol=RTOL)
 
 
@@ -153,8 +142,7 @@ def test_generators_run_in_float32_under_bf16_autocast():
     ],
 )
 def test_invalid_options_are_named(config, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        config(**kwargs)
+    assert_invalid(config, kwargs, message)
 
 
 def test_rank_above_the_width_is_refused_with_the_limit():
@@ -163,5 +151,5 @@ def test_rank_above_the_width_is_refused_with_the_limit():
 
 
 def test_hydra_configs_instantiate_the_defaults():
-    assert instantiate(OmegaConf.load(CONF / "aoft.yaml")) == AOFTConfig()
-    assert instantiate(OmegaConf.load(CONF / "aoft_adapter.yaml")) == AOFTAdapterConfig()
+    assert method_yaml("aoft") == AOFTConfig()
+    assert method_yaml("aoft_adapter") == AOFTAdapterConfig()

@@ -9,29 +9,33 @@ import pytest
 import torch
 
 from peftlab.methods.arc import ArcConfig, ArcLayer
-from peftlab.methods.inject import SHARED, count_parameters
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+from peftlab.methods.inject import SHARED
+from tests.helpers import (
+    ATOL,
+    AVERAGE_HEAD,
+    HEAD_100,
+    RTOL,
+    assert_invalid,
+    assert_train_dropout,
+    count_on,
+    images,
+    perturb,
+    tiny_vit,
+)
 
-HEAD_100 = 768 * 100 + 100
 # methods.md §4 [D], = RLRR-P supplement Table 4's 2·(D·D' + (D' + D)·L): shared U_att, U_mlp (2·768·50) plus per
 # block s_att, b_att, s_mlp, b_mlp (12·2·(50 + 768)). With the mean VTAB-1k head (38,045) 0.134 M, RLRR-P/HTA-P
 # Table 1 report 0.13 M. (FGVC: 0.277 M with the mean head vs 0.25 M reported, unexplained.)
 ARC = 96_432
-MEAN_HEAD_VTAB = 38_045
 # "ARC_att" (attention adapters only): 768·50 + 12·(50 + 768).
 ARC_ATT = 48_216
 
 
-def vit_b16_trainable(config, num_classes: int = 0) -> int:
-    with torch.device("meta"):  # shapes only
-        return count_parameters(config.apply(vit_b16(num_classes)))["trainable"]
-
-
 def test_parameter_count_vit_b16():
-    assert vit_b16_trainable(ArcConfig()) == ARC
-    assert vit_b16_trainable(ArcConfig(), num_classes=100) == ARC + HEAD_100 == 173_332
-    assert round((ARC + MEAN_HEAD_VTAB) / 1e6, 2) == 0.13
-    assert vit_b16_trainable(ArcConfig(targets=["attn.qkv"])) == ARC_ATT
+    assert count_on(ArcConfig())["trainable"] == ARC
+    assert count_on(ArcConfig(), num_classes=100)["trainable"] == ARC + HEAD_100 == 173_332
+    assert round((ARC + AVERAGE_HEAD["vtab"]) / 1e6, 2) == 0.13
+    assert count_on(ArcConfig(targets=["attn.qkv"]))["trainable"] == ARC_ATT
 
 
 def randomised(config=None, seed: int = 3):
@@ -94,13 +98,7 @@ def test_init_follows_the_official_code_and_is_not_identity():
 
 def test_bottleneck_dropout_only_in_training():
     _, model = randomised(ArcConfig(dropout=0.5))
-    x = images()
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), model(x), atol=0, rtol=0)
-        model.train()
-        torch.manual_seed(0)
-        first = model(x)
-        assert not torch.allclose(first, model(x))
+    assert_train_dropout(model)
 
 
 def test_projections_are_shared_once():
@@ -115,8 +113,7 @@ def test_projections_are_shared_once():
     [({"bottleneck": 0}, "bottleneck=0.*integer >= 1"), ({"dropout": 1.5}, r"dropout=1.5.*\[0, 1\)")],
 )
 def test_invalid_options_name_the_option(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        ArcConfig(**kwargs)
+    assert_invalid(ArcConfig, kwargs, match)
 
 
 def test_targets_must_be_whole_linears():

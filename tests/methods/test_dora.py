@@ -3,36 +3,33 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from peftlab.methods.dora import DoraConfig
-from peftlab.methods.inject import count_parameters
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+from tests.helpers import (
+    ATOL,
+    HEAD_100,
+    RTOL,
+    assert_invalid,
+    count_on,
+    images,
+    method_yaml,
+    perturb,
+    tiny_vit,
+    with_qv_weights,
+)
 
 #: No DoRA row exists for ViT-B/16 on VTAB-1k/FGVC in the RLRR/HTA tables (the DoRA paper reports LLaMA, VL-BART and
 #: LLaVA). Derived: the LoRA row's 294,912 (r 8 on W_q, W_v of 12 blocks; 0.29 M in RLRR-P Table 2) plus one
 #: magnitude entry per output unit of each adapted matrix, 12 · 2 · 768 = 18,432.
 DORA_VIT_B16 = 294_912 + 18_432
-#: a 100-class head on ViT-B/16: 768 · 100 + 100
-HEAD_100 = 76_900
-DIM = 64  # tiny_vit width
-CONF = Path(__file__).parents[2] / "conf" / "method"
-
-
-def trainable_on_vit_b16(config: DoraConfig, num_classes: int = 0) -> int:
-    with torch.device("meta"):  # real shapes, no init time
-        model = vit_b16(num_classes)
-    return count_parameters(config.apply(model))["trainable"]
 
 
 def test_parameter_count_on_vit_b16():
-    assert trainable_on_vit_b16(DoraConfig()) == DORA_VIT_B16 == 313_344
-    assert trainable_on_vit_b16(DoraConfig(), num_classes=100) == DORA_VIT_B16 + HEAD_100
+    assert count_on(DoraConfig())["trainable"] == DORA_VIT_B16 == 313_344
+    assert count_on(DoraConfig(), num_classes=100)["trainable"] == DORA_VIT_B16 + HEAD_100
 
 
 def dora_weight(w0: torch.Tensor, layer, alpha: float, rank: int) -> torch.Tensor:
@@ -47,14 +44,9 @@ def test_forward_equals_formula_on_separate_q_and_v():
     rank, alpha = 4, 6.0
     model = DoraConfig(rank=rank, alpha=alpha, train_head=False).apply(copy.deepcopy(base)).eval()
     perturb(model)
-    reference = copy.deepcopy(base)
+    reference = with_qv_weights(base, model, lambda w, layer: dora_weight(w, layer, alpha, rank))
+    x = images()
     with torch.no_grad():
-        for i, block in enumerate(base.blocks):
-            w_q, w_k, w_v = block.attn.qkv.weight.split(DIM)
-            parts = model.blocks[i].attn.qkv.parts
-            new = [dora_weight(w_q, parts["q"], alpha, rank), w_k, dora_weight(w_v, parts["v"], alpha, rank)]
-            reference.blocks[i].attn.qkv.weight.copy_(torch.cat(new))
-        x = images()
         torch.testing.assert_close(model(x), reference(x), atol=ATOL, rtol=RTOL)
 
 
@@ -93,8 +85,7 @@ def test_detached_norm_changes_gradients_not_outputs():
     ],
 )
 def test_invalid_options_name_the_option(options, message):
-    with pytest.raises(ValueError, match=message):
-        DoraConfig(**options)
+    assert_invalid(DoraConfig, options, message)
 
 
 def test_non_linear_target_is_refused_with_its_name():
@@ -103,4 +94,4 @@ def test_non_linear_target_is_refused_with_its_name():
 
 
 def test_yaml_gives_the_default_config():
-    assert instantiate(OmegaConf.load(CONF / "dora.yaml")) == DoraConfig()
+    assert method_yaml("dora") == DoraConfig()

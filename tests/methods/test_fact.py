@@ -8,10 +8,20 @@ import pytest
 import torch
 
 from peftlab.methods.fact import FactLayer, FactTKConfig, FactTTConfig
-from peftlab.methods.inject import SHARED, count_parameters
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+from peftlab.methods.inject import SHARED
+from tests.helpers import (
+    ATOL,
+    HEAD_100,
+    RTOL,
+    assert_invalid,
+    assert_train_dropout,
+    count_on,
+    images,
+    perturb,
+    tiny_vit,
+    vit_b16,
+)
 
-HEAD_100 = 768 * 100 + 100
 # FacT Table 1 (VTAB-1k, ViT-B/16, head excluded), sizes 2dr + 12Lr² (TT) and 2dr + 12Lr + r³ (TK), d = 768, L = 12:
 TT_R4 = 8_448  # "FacT-TT4 0.008": 2·768·4 + 144·16
 TK_R8 = 13_952  # "FacT-TK8 0.014": 2·768·8 + 144·8 + 512
@@ -22,11 +32,6 @@ TK_R32 = 86_528  # default: 2·768·32 + 144·32 + 32768
 # smallnorb_ele, sun397) at r = 16.
 TK_VTAB_RANKS = {32: 13, 16: 6}
 TK_R16 = 30_976  # 2·768·16 + 144·16 + 4096
-
-
-def vit_b16_trainable(config, num_classes: int = 0) -> int:
-    with torch.device("meta"):  # shapes only
-        return count_parameters(config.apply(vit_b16(num_classes)))["trainable"]
 
 
 @pytest.mark.parametrize(
@@ -40,14 +45,14 @@ def vit_b16_trainable(config, num_classes: int = 0) -> int:
     ids=["tt4", "tk8", "tt-default", "tk-default"],
 )
 def test_parameter_count_vit_b16(config, expected, published):
-    assert vit_b16_trainable(config) == expected
+    assert count_on(config)["trainable"] == expected
     if published is not None:
         assert round(expected / 1e6, 3) == published
-    assert vit_b16_trainable(config, num_classes=100) == expected + HEAD_100
+    assert count_on(config, num_classes=100)["trainable"] == expected + HEAD_100
 
 
 def test_fact_tk_le_32_mean_count():
-    assert vit_b16_trainable(FactTKConfig(rank=16)) == TK_R16
+    assert count_on(FactTKConfig(rank=16))["trainable"] == TK_R16
     per_rank = {32: TK_R32, 16: TK_R16}
     mean = sum(per_rank[r] * n for r, n in TK_VTAB_RANKS.items()) / sum(TK_VTAB_RANKS.values())
     assert round(mean / 1e6, 3) == 0.069
@@ -119,13 +124,7 @@ def test_zero_v_is_the_only_zero_factor(config):
 
 def test_dropout_on_the_core_only_in_training():
     _, model = randomised(FactTTConfig(dropout=0.5))
-    x = images()
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), model(x), atol=0, rtol=0)
-        model.train()
-        torch.manual_seed(0)
-        first = model(x)
-        assert not torch.allclose(first, model(x))
+    assert_train_dropout(model)
 
 
 @pytest.mark.parametrize(
@@ -137,8 +136,7 @@ def test_dropout_on_the_core_only_in_training():
     ],
 )
 def test_invalid_options_name_the_option(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        FactTKConfig(**kwargs)
+    assert_invalid(FactTKConfig, kwargs, match)
 
 
 def test_targets_must_tile_into_d_by_d_slices():

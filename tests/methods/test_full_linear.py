@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
 from peftlab.methods.full import FullConfig, LinearConfig
-from peftlab.methods.inject import count_parameters
-from tests.helpers import vit_b16
+from tests.helpers import AVERAGE_HEAD, HEAD_100, count_on, method_yaml
 
 #: timm's vit_base_patch16_224 without a head (Dosovitskiy et al., ICLR 2021, Table 1: ViT-Base, "86M").
 VIT_B16 = 85_798_656
@@ -19,45 +12,37 @@ VIT_B16 = 85_798_656
 FULL_VTAB_M, FULL_FGVC_M = 85.80, 85.98
 #: "Linear probing": 0.04 M on VTAB-1k and 0.18 M on FGVC, the average heads (methods.md "Conventions").
 LINEAR_VTAB_M, LINEAR_FGVC_M = 0.04, 0.18
-VTAB_AVG_HEAD, FGVC_AVG_HEAD = 38_045, 180_407
 #: class counts (peers-and-protocol.md §0.1, FGVC split table in methods.md §1.6)
 VTAB_CLASSES = [100, 102, 47, 102, 37, 10, 397, 2, 10, 45, 5, 8, 6, 6, 4, 16, 16, 18, 9]
 FGVC_CLASSES = [200, 555, 102, 120, 196]
-#: a 100-class head on ViT-B/16: 768 · 100 + 100
-HEAD_100 = 76_900
-CONF = Path(__file__).parents[2] / "conf" / "method"
-
-
-def counts_on_vit_b16(config, num_classes: int = 0) -> dict[str, int]:
-    with torch.device("meta"):  # real shapes, no init time
-        model = vit_b16(num_classes)
-    return count_parameters(config.apply(model))
 
 
 def test_average_heads_follow_from_the_class_counts():
-    def avg_head(classes):
-        return round(sum((768 + 1) * c for c in classes) / len(classes))
+    def avg_head(classes, width=768):
+        return round(sum((width + 1) * c for c in classes) / len(classes))
 
-    assert avg_head(VTAB_CLASSES) == VTAB_AVG_HEAD
-    assert avg_head(FGVC_CLASSES) == FGVC_AVG_HEAD
+    assert avg_head(VTAB_CLASSES) == AVERAGE_HEAD["vtab"]
+    assert avg_head(FGVC_CLASSES) == AVERAGE_HEAD["fgvc"]
+    assert avg_head(VTAB_CLASSES, width=1024) == AVERAGE_HEAD["vtab_large"]
+    assert HEAD_100 == 768 * 100 + 100
 
 
 def test_full_fine_tuning_trains_every_parameter():
-    counts = counts_on_vit_b16(FullConfig())
+    counts = count_on(FullConfig())
     assert counts["trainable"] == counts["total"] == VIT_B16
-    assert counts_on_vit_b16(FullConfig(), num_classes=100)["trainable"] == VIT_B16 + HEAD_100
+    assert count_on(FullConfig(), num_classes=100)["trainable"] == VIT_B16 + HEAD_100
     assert round(VIT_B16 / 1e6, 2) == FULL_VTAB_M
-    assert round((VIT_B16 + FGVC_AVG_HEAD) / 1e6, 2) == FULL_FGVC_M
+    assert round((VIT_B16 + AVERAGE_HEAD["fgvc"]) / 1e6, 2) == FULL_FGVC_M
 
 
 def test_linear_probing_trains_the_head_only():
-    assert counts_on_vit_b16(LinearConfig())["trainable"] == 0
-    with_head = counts_on_vit_b16(LinearConfig(), num_classes=100)
+    assert count_on(LinearConfig())["trainable"] == 0
+    with_head = count_on(LinearConfig(), num_classes=100)
     assert with_head["trainable"] == with_head["head"] == HEAD_100
-    assert round(VTAB_AVG_HEAD / 1e6, 2) == LINEAR_VTAB_M
-    assert round(FGVC_AVG_HEAD / 1e6, 2) == LINEAR_FGVC_M
+    assert round(AVERAGE_HEAD["vtab"] / 1e6, 2) == LINEAR_VTAB_M
+    assert round(AVERAGE_HEAD["fgvc"] / 1e6, 2) == LINEAR_FGVC_M
 
 
 def test_yaml_gives_the_default_configs():
-    assert instantiate(OmegaConf.load(CONF / "full.yaml")) == FullConfig()
-    assert instantiate(OmegaConf.load(CONF / "linear.yaml")) == LinearConfig()
+    assert method_yaml("full") == FullConfig()
+    assert method_yaml("linear") == LinearConfig()

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from peftlab.methods.hta import HTAConfig, HTALinear
-from peftlab.methods.inject import count_parameters
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16, vit_l16
+from tests.helpers import (
+    ATOL,
+    AVERAGE_HEAD,
+    DIM,
+    HEAD_100,
+    RTOL,
+    assert_invalid,
+    count_on,
+    images,
+    method_yaml,
+    perturb,
+    tiny_vit,
+    vit_l16,
+)
 
 #: HTA-P Table 1 (VTAB-1k, 0.22 M) and Table 2 (FGVC, 0.36 M), head included; Fig. 2 / supplement Table 7 for
 #: ranks 0, 2, 4 (0.15 / 0.30 / 0.44 M VTAB); Table 3 for ViT-L/16 (0.54 M). Derived by hand (methods.md §2.3):
@@ -21,29 +30,19 @@ HTA_VIT_B16 = {0: 110_592, 1: 184_320, 2: 258_048, 4: 405_504}
 HTA_TABLE_M = {0: 0.15, 1: 0.22, 2: 0.30, 4: 0.44}
 HTA_FGVC_TABLE_M = 0.36
 HTA_VIT_L16, HTA_VIT_L16_TABLE_M = 491_520, 0.54  # 24 blocks · 4 · (3 · 1024 + 2 · 1024)
-AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407, "vtab_large": 50_711}
-HEAD_100 = 76_900
-DIM = 64  # tiny_vit width
-CONF = Path(__file__).parents[2] / "conf" / "method"
-
-
-def counts_on(factory, config: HTAConfig, num_classes: int = 0) -> dict[str, int]:
-    with torch.device("meta"):  # real shapes, no init time
-        model = factory(num_classes)
-    return count_parameters(config.apply(model))
 
 
 @pytest.mark.parametrize("rank", sorted(HTA_VIT_B16))
 def test_parameter_count_matches_paper_on_vit_b16(rank):
-    assert counts_on(vit_b16, HTAConfig(rank=rank))["trainable"] == HTA_VIT_B16[rank]
+    assert count_on(HTAConfig(rank=rank))["trainable"] == HTA_VIT_B16[rank]
     assert round((HTA_VIT_B16[rank] + AVERAGE_HEAD["vtab"]) / 1e6, 2) == HTA_TABLE_M[rank]
 
 
 def test_parameter_count_with_head_fgvc_and_vit_l16():
-    counts = counts_on(vit_b16, HTAConfig(), num_classes=100)
+    counts = count_on(HTAConfig(), num_classes=100)
     assert (counts["trainable"], counts["trainable_without_head"]) == (HTA_VIT_B16[1] + HEAD_100, HTA_VIT_B16[1])
     assert round((HTA_VIT_B16[1] + AVERAGE_HEAD["fgvc"]) / 1e6, 2) == HTA_FGVC_TABLE_M
-    assert counts_on(vit_l16, HTAConfig())["trainable"] == HTA_VIT_L16
+    assert count_on(HTAConfig(), factory=vit_l16)["trainable"] == HTA_VIT_L16
     assert round((HTA_VIT_L16 + AVERAGE_HEAD["vtab_large"]) / 1e6, 2) == HTA_VIT_L16_TABLE_M
 
 
@@ -131,8 +130,7 @@ def test_householder_terms_run_in_float32_under_bf16_autocast():
     ],
 )
 def test_invalid_options_are_named(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        HTAConfig(**kwargs)
+    assert_invalid(HTAConfig, kwargs, message)
 
 
 def test_non_linear_target_is_refused():
@@ -141,4 +139,4 @@ def test_non_linear_target_is_refused():
 
 
 def test_hydra_config_instantiates_the_defaults():
-    assert instantiate(OmegaConf.load(CONF / "hta.yaml")) == HTAConfig()
+    assert method_yaml("hta") == HTAConfig()

@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from peftlab.methods.inject import count_parameters
 from peftlab.methods.lora import LoraConfig, LoraLayer
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+from tests.helpers import ATOL, DIM, HEAD_100, RTOL, assert_invalid, count_on, images, method_yaml, perturb, tiny_vit
 
 #: RLRR-P Table 2 / HTA-P Table 1, "LoRA" row: 0.29 M on VTAB-1k (head excluded) = r 8 on W_q, W_v of 12 blocks,
 #: 12 · 2 · 8 · (768 + 768)
 LORA_VIT_B16 = 294_912
 LORA_TABLE_M = 0.29
-#: a 100-class head on ViT-B/16: 768 · 100 + 100
-HEAD_100 = 76_900
-DIM = 64  # tiny_vit width
-CONF = Path(__file__).parents[2] / "conf" / "method"
-
-
-def trainable_on_vit_b16(config: LoraConfig, num_classes: int = 0) -> int:
-    with torch.device("meta"):  # real shapes, no init time
-        model = vit_b16(num_classes)
-    return count_parameters(config.apply(model))["trainable"]
 
 
 def test_parameter_count_matches_paper_on_vit_b16():
-    assert trainable_on_vit_b16(LoraConfig()) == LORA_VIT_B16
+    assert count_on(LoraConfig())["trainable"] == LORA_VIT_B16
     assert round(LORA_VIT_B16 / 1e6, 2) == LORA_TABLE_M
-    assert trainable_on_vit_b16(LoraConfig(), num_classes=100) == LORA_VIT_B16 + HEAD_100
+    assert count_on(LoraConfig(), num_classes=100)["trainable"] == LORA_VIT_B16 + HEAD_100
 
 
 def lora_update(layer: LoraLayer, alpha: float, rank: int) -> torch.Tensor:
@@ -129,8 +115,7 @@ def test_dropout_acts_on_the_lora_input_only():
     ],
 )
 def test_invalid_options_name_the_option(options, message):
-    with pytest.raises(ValueError, match=message):
-        LoraConfig(**options)
+    assert_invalid(LoraConfig, options, message)
 
 
 def test_non_linear_target_is_refused_with_its_name():
@@ -139,7 +124,7 @@ def test_non_linear_target_is_refused_with_its_name():
 
 
 def test_yaml_gives_the_default_config():
-    config = instantiate(OmegaConf.load(CONF / "lora.yaml"))
+    config = method_yaml("lora")
     assert config == LoraConfig()
 
 

@@ -4,17 +4,24 @@ autocast stability, validation."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from peftlab.methods import functional
-from peftlab.methods.inject import count_parameters
 from peftlab.methods.oft import OftConfig
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+from tests.helpers import (
+    ATOL,
+    HEAD_100,
+    RTOL,
+    assert_invalid,
+    count_on,
+    images,
+    method_yaml,
+    perturb,
+    tiny_vit,
+    with_qv_weights,
+)
 
 #: No published OFT count for ViT-B/16 on VTAB-1k/FGVC was available (the OFT paper evaluates Stable Diffusion).
 #: Derived for the default (W_q, W_v of 12 blocks, 32×32 blocks): 768 / 32 = 24 blocks per matrix, each with
@@ -22,22 +29,12 @@ from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
 OFT_VIT_B16 = 285_696
 #: r = 4 blocks of 192: 12 · 2 · 4 · (192 · 191 / 2)
 OFT_R4_VIT_B16 = 1_760_256
-#: a 100-class head on ViT-B/16: 768 · 100 + 100
-HEAD_100 = 76_900
-DIM = 64  # tiny_vit width
-CONF = Path(__file__).parents[2] / "conf" / "method"
-
-
-def trainable_on_vit_b16(config: OftConfig, num_classes: int = 0) -> int:
-    with torch.device("meta"):  # real shapes, no init time
-        model = vit_b16(num_classes)
-    return count_parameters(config.apply(model))["trainable"]
 
 
 def test_parameter_count_on_vit_b16():
-    assert trainable_on_vit_b16(OftConfig()) == OFT_VIT_B16
-    assert trainable_on_vit_b16(OftConfig(), num_classes=100) == OFT_VIT_B16 + HEAD_100
-    assert trainable_on_vit_b16(OftConfig(block_size=None, r=4)) == OFT_R4_VIT_B16
+    assert count_on(OftConfig())["trainable"] == OFT_VIT_B16
+    assert count_on(OftConfig(), num_classes=100)["trainable"] == OFT_VIT_B16 + HEAD_100
+    assert count_on(OftConfig(block_size=None, r=4))["trainable"] == OFT_R4_VIT_B16
 
 
 def dense_rotation(free: torch.Tensor, block: int) -> torch.Tensor:
@@ -66,14 +63,9 @@ def test_forward_equals_formula_on_separate_q_and_v(block):
     base = tiny_vit()
     model = OftConfig(block_size=block, train_head=False).apply(copy.deepcopy(base)).eval()
     perturb(model)
-    reference = copy.deepcopy(base)
+    reference = with_qv_weights(base, model, lambda w, layer: rotated(w, layer, block))
+    x = images()
     with torch.no_grad():
-        for i, blk in enumerate(base.blocks):
-            w_q, w_k, w_v = blk.attn.qkv.weight.split(DIM)
-            parts = model.blocks[i].attn.qkv.parts
-            new = [rotated(w_q, parts["q"], block), w_k, rotated(w_v, parts["v"], block)]
-            reference.blocks[i].attn.qkv.weight.copy_(torch.cat(new))
-        x = images()
         torch.testing.assert_close(model(x), reference(x), atol=ATOL, rtol=RTOL)
 
 
@@ -131,8 +123,7 @@ def test_bf16_autocast_output_is_finite_and_close_to_fp32():
     ],
 )
 def test_invalid_options_name_the_option(options, message):
-    with pytest.raises(ValueError, match=message):
-        OftConfig(**options)
+    assert_invalid(OftConfig, options, message)
 
 
 @pytest.mark.parametrize(
@@ -153,4 +144,4 @@ def test_non_linear_target_is_refused_with_its_name():
 
 
 def test_yaml_gives_the_default_config():
-    assert instantiate(OmegaConf.load(CONF / "oft.yaml")) == OftConfig()
+    assert method_yaml("oft") == OftConfig()

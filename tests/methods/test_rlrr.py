@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from peftlab.methods.base import FusedQKV
-from peftlab.methods.inject import count_parameters
 from peftlab.methods.rlrr import RLRRConfig, RLRRLinear
 from peftlab.methods.ssf import ScaleShift
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16, vit_l16
+from tests.helpers import (
+    ATOL,
+    AVERAGE_HEAD,
+    DIM,
+    HEAD_100,
+    RTOL,
+    count_on,
+    images,
+    method_yaml,
+    perturb,
+    tiny_vit,
+    vit_l16,
+)
 
 #: RLRR-P Table 2 (VTAB-1k, 0.33 M) and Table 3 (FGVC, 0.47 M), head included. Derived by hand from the official
 #: code (methods.md §1.3): per block q, k, v, o 4 · 3 · 768 + fc1 (768 + 2 · 3072) + fc2 (3072 + 2 · 768)
@@ -24,25 +32,15 @@ RLRR_TABLE_M = {"vtab": 0.33, "fgvc": 0.47}
 #: RLRR-P Table 4 (ViT-L/16, 0.82 M with the average VTAB head of a 1024-d ViT, 50,711): same rules, 24 blocks
 RLRR_VIT_L16 = 765_952
 RLRR_VIT_L16_TABLE_M = 0.82
-AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407, "vtab_large": 50_711}
-HEAD_100 = 76_900
-DIM = 64  # tiny_vit width
-CONF = Path(__file__).parents[2] / "conf" / "method"
-
-
-def counts_on(factory, num_classes: int = 0) -> dict[str, int]:
-    with torch.device("meta"):  # real shapes, no init time
-        model = factory(num_classes)
-    return count_parameters(RLRRConfig().apply(model))
 
 
 def test_parameter_count_matches_paper_on_vit_b16_and_l16():
-    assert counts_on(vit_b16)["trainable"] == RLRR_VIT_B16
+    assert count_on(RLRRConfig())["trainable"] == RLRR_VIT_B16
     for bench, millions in RLRR_TABLE_M.items():
         assert round((RLRR_VIT_B16 + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
-    counts = counts_on(vit_b16, num_classes=100)
+    counts = count_on(RLRRConfig(), num_classes=100)
     assert (counts["trainable"], counts["trainable_without_head"]) == (RLRR_VIT_B16 + HEAD_100, RLRR_VIT_B16)
-    assert counts_on(vit_l16)["trainable"] == RLRR_VIT_L16
+    assert count_on(RLRRConfig(), factory=vit_l16)["trainable"] == RLRR_VIT_L16
     assert round((RLRR_VIT_L16 + AVERAGE_HEAD["vtab_large"]) / 1e6, 2) == RLRR_VIT_L16_TABLE_M
 
 
@@ -116,4 +114,4 @@ def test_init_is_the_official_kaiming_uniform_so_not_identity():
 
 
 def test_hydra_config_instantiates_the_defaults():
-    assert instantiate(OmegaConf.load(CONF / "rlrr.yaml")) == RLRRConfig()
+    assert method_yaml("rlrr") == RLRRConfig()

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from peftlab.methods.inject import count_parameters
 from peftlab.methods.ssf import ScaleShift, SSFConfig
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+from tests.helpers import ATOL, AVERAGE_HEAD, HEAD_100, RTOL, count_on, images, method_yaml, perturb, tiny_vit
 
 #: RLRR-P Table 2 / Table 3 (= HTA-P Tables 1, 2), "SSF" row: 0.24 M VTAB-1k and 0.39 M FGVC, head included.
 #: Backbone part derived by hand: a (γ, β) pair after the patch conv (768), qkv (2304), proj (768), fc1 (3072),
@@ -20,23 +16,13 @@ from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
 #: 2 · (768 + 12 · (2304 + 768 + 3072 + 768 + 768 + 768) + 768) = 205,824.
 SSF_VIT_B16 = 205_824
 SSF_TABLE_M = {"vtab": 0.24, "fgvc": 0.39}
-#: average heads over the benchmark's tasks (methods.md, "Conventions"), and a 100-class head: 768 · 100 + 100
-AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407}
-HEAD_100 = 76_900
-CONF = Path(__file__).parents[2] / "conf" / "method"
-
-
-def trainable_on_vit_b16(num_classes: int = 0) -> dict[str, int]:
-    with torch.device("meta"):  # real shapes, no init time
-        model = vit_b16(num_classes)
-    return count_parameters(SSFConfig().apply(model))
 
 
 def test_parameter_count_matches_paper_on_vit_b16():
-    assert trainable_on_vit_b16()["trainable"] == SSF_VIT_B16
+    assert count_on(SSFConfig())["trainable"] == SSF_VIT_B16
     for bench, millions in SSF_TABLE_M.items():  # the table counts the task-averaged head: exact match
         assert round((SSF_VIT_B16 + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
-    counts = trainable_on_vit_b16(num_classes=100)
+    counts = count_on(SSFConfig(), num_classes=100)
     assert (counts["trainable"], counts["trainable_without_head"]) == (SSF_VIT_B16 + HEAD_100, SSF_VIT_B16)
 
 
@@ -88,4 +74,4 @@ def test_unsupported_target_is_refused_with_a_clear_message():
 
 
 def test_hydra_config_instantiates_the_defaults():
-    assert instantiate(OmegaConf.load(CONF / "ssf.yaml")) == SSFConfig()
+    assert method_yaml("ssf") == SSFConfig()

@@ -9,11 +9,20 @@ import pytest
 import torch
 
 from peftlab.methods import NotMergeableError
-from peftlab.methods.inject import SHARED, count_parameters, merge_and_unload
+from peftlab.methods.inject import SHARED, merge_and_unload
 from peftlab.methods.vpt import PromptedBlocks, VptConfig, VptDeepConfig
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit, vit_b16
+from tests.helpers import (
+    ATOL,
+    HEAD_100,
+    RTOL,
+    assert_invalid,
+    assert_train_dropout,
+    count_on,
+    images,
+    perturb,
+    tiny_vit,
+)
 
-HEAD_100 = 768 * 100 + 100
 # VPT §3.2: shallow p·D, deep N·p·D parameters (D = 768, N = 12 on ViT-B/16). The published rows (VTAB-1k 0.11 M /
 # 0.60 M, FGVC 0.25 M / 0.85 M in RLRR-P Tables 2-3) average per-task prompt lengths and heads, so they cannot be
 # reproduced without those lengths; the formula is asserted for p = 50: 50·768 and 12·50·768.
@@ -21,15 +30,10 @@ SHALLOW_P50 = 38_400
 DEEP_P50 = 460_800
 
 
-def vit_b16_counts(config, num_classes: int = 0) -> dict[str, int]:
-    with torch.device("meta"):  # shapes only
-        return count_parameters(config.apply(vit_b16(num_classes)))
-
-
 @pytest.mark.parametrize("config, expected", [(VptConfig, SHALLOW_P50), (VptDeepConfig, DEEP_P50)])
 def test_parameter_count_vit_b16(config, expected):
-    assert vit_b16_counts(config(num_prompts=50))["trainable"] == expected
-    assert vit_b16_counts(config(num_prompts=50), num_classes=100)["trainable"] == expected + HEAD_100
+    assert count_on(config(num_prompts=50))["trainable"] == expected
+    assert count_on(config(num_prompts=50), num_classes=100)["trainable"] == expected + HEAD_100
 
 
 def manual_forward(base, prompts, deep: bool, x):
@@ -83,16 +87,7 @@ def test_prompt_init_is_xavier_with_patch_fan_in():
 
 
 def test_prompt_dropout_only_in_training():
-    model = VptConfig(dropout=0.5).apply(tiny_vit())
-    x = images()
-    with torch.no_grad():
-        model.eval()
-        torch.testing.assert_close(model(x), model(x), atol=0, rtol=0)
-        model.train()
-        torch.manual_seed(0)
-        first = model(x)
-        torch.manual_seed(1)
-        assert not torch.allclose(first, model(x))
+    assert_train_dropout(VptConfig(dropout=0.5).apply(tiny_vit()))
 
 
 def test_merge_is_refused_with_a_clear_message():
@@ -112,8 +107,7 @@ def test_merge_is_refused_with_a_clear_message():
     ],
 )
 def test_invalid_options_name_the_option(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        VptDeepConfig(**kwargs)
+    assert_invalid(VptDeepConfig, kwargs, match)
 
 
 def test_target_must_be_the_blocks_sequential():
