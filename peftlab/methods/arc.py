@@ -48,7 +48,6 @@ from peftlab.methods.base import (
     check_positive_int,
     check_probability,
 )
-from peftlab.methods.inject import find_targets
 
 #: positions whose re-scaling starts at zero (the adapter is the identity there at init)
 ZERO_SCALE_POSITIONS = ("attn",)
@@ -75,9 +74,9 @@ class ArcConfig(MethodConfig):
         check_positive_int(self.bottleneck, "bottleneck")
         check_probability(self.dropout, "dropout")
 
-    def create_shared(self, model: nn.Module) -> nn.Module:
+    def create_shared(self, model: nn.Module, targets: list[str]) -> nn.Module:
         dims: dict[str, int] = {}
-        for name in find_targets(model, self.targets, self.exclude):
+        for name in targets:
             if name.rpartition(".")[2] in QKV_SLICES:
                 raise ValueError(f"method {self.name!r} adapts the input of whole linears (attn.qkv), not {name!r}")
             base = model.get_submodule(name)

@@ -57,8 +57,9 @@ class MethodConfig:
         """Return the wrapper that adapts ``base`` (found under ``name``). Methods with targets must override this."""
         raise NotImplementedError(f"method {self.name!r} has targets but does not implement create_layer()")
 
-    def create_shared(self, model: nn.Module) -> nn.Module | None:
-        """Return a module of parameters shared by all layers (attached as ``model.peft_shared``), or None."""
+    def create_shared(self, model: nn.Module, targets: list[str]) -> nn.Module | None:
+        """Return a module of parameters shared by all layers (attached as ``model.peft_shared``), or None.
+        ``targets`` are the layer names the injector matched, in model order (to size the shared parameters)."""
         return None
 
     def apply(self, model: nn.Module) -> nn.Module:

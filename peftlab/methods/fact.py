@@ -51,7 +51,6 @@ from peftlab.methods.base import (
     check_positive_int,
     check_probability,
 )
-from peftlab.methods.inject import find_targets
 
 FORMATS = ("tt", "tk")
 
@@ -82,13 +81,13 @@ class FactConfig(MethodConfig):
         check_positive(self.scale, "scale")
         check_probability(self.dropout, "dropout")
 
-    def create_shared(self, model: nn.Module) -> nn.Module:
+    def create_shared(self, model: nn.Module, targets: list[str]) -> nn.Module:
         dim = getattr(model, "embed_dim", None)
         if not isinstance(dim, int):
             raise TypeError(f"method {self.name!r} needs a ViT with an integer embed_dim; got {type(model).__name__}")
         self._slices: dict[str, int] = {}  # target name -> index of its first d×d slice
         count = 0
-        for name in find_targets(model, self.targets, self.exclude):
+        for name in targets:
             self._slices[name] = count
             count += num_slices(name, weight_shape(model, name, self.name), dim)
         self._factors = FactFactors(self.tensor_format, dim, self.rank, count)

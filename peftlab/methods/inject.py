@@ -72,10 +72,10 @@ def inject(model: nn.Module, method: MethodConfig) -> nn.Module:
     if any(isinstance(m, AdapterLayer) for m in model.modules()) or hasattr(model, SHARED):
         raise RuntimeError("this model already has an injected method; create a fresh backbone for each method")
     model.requires_grad_(False)
-    shared = method.create_shared(model)
+    targets = find_targets(model, method.targets, method.exclude) if method.targets else []
+    shared = method.create_shared(model, targets)
     if shared is not None:
         model.add_module(SHARED, shared)
-    targets = find_targets(model, method.targets, method.exclude) if method.targets else []
     slices: dict[str, dict[str, str]] = defaultdict(dict)
     whole: list[str] = []
     for name in targets:

@@ -73,7 +73,7 @@ class VptConfig(MethodConfig):
         check_positive_int(self.num_prompts, "num_prompts")
         check_probability(self.dropout, "dropout")
 
-    def create_shared(self, model: nn.Module) -> nn.Module:
+    def create_shared(self, model: nn.Module, targets: list[str]) -> nn.Module:
         blocks = getattr(model, "blocks", None)
         patch_embed = getattr(model, "patch_embed", None)
         if not isinstance(blocks, nn.Sequential) or patch_embed is None:
