@@ -16,8 +16,10 @@ from torch import nn
 
 from peftlab.methods.inject import count_parameters
 
-#: the one tolerance for float32 equivalence checks (formula vs implementation, merged vs adapted)
-ATOL = RTOL = 1e-5
+#: the one tolerance for equivalence checks (formula vs implementation, merged vs adapted). Method tests run in
+#: float64 (``tests/methods/conftest.py``): rounding over a tiny ViT's few thousand operations stays below ~1e-12
+#: (eps 2.2e-16), while a wrong sign or a missing term moves outputs by ≥ 1e-3 (parameters are perturbed by 0.1).
+ATOL = RTOL = 1e-8
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0)
 DIM = TINY_VIT["embed_dim"]  # tiny_vit width

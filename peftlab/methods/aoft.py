@@ -48,7 +48,7 @@ from peftlab.methods.base import (
     check_choice,
     check_positive_int,
 )
-from peftlab.methods.functional import ao_basis, aoft_update
+from peftlab.methods.functional import ao_basis, aoft_update, at_least_float32
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 POSITIONS = ("parallel", "sequential")
@@ -88,8 +88,8 @@ class _AOFTLayer(AdapterLayer):
     def projections(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """``AO(q_down)``, ``λ`` and ``AO(q_up)``, generated in float32 and returned in ``dtype``."""
         with torch.autocast(device_type=self.aoft_q_down.device.type, enabled=False):
-            down = ao_basis(self.aoft_q_down.float(), self.rank)
-            up = ao_basis(self.aoft_q_up.float(), self.rank)
+            down = ao_basis(at_least_float32(self.aoft_q_down), self.rank)
+            up = ao_basis(at_least_float32(self.aoft_q_up), self.rank)
         return down.to(dtype), self.aoft_scale.to(dtype), up.to(dtype)
 
 
@@ -109,8 +109,8 @@ class AOFTLinear(_AOFTLayer):
 
     def merged_weight(self) -> Tensor:
         weight = self.base_layer.weight
-        eye = torch.eye(weight.shape[1], device=weight.device)
-        return weight + aoft_update(eye, *self.projections(torch.float32)).T.to(weight.dtype)
+        eye = at_least_float32(torch.eye(weight.shape[1], device=weight.device, dtype=weight.dtype))
+        return weight + aoft_update(eye, *self.projections(eye.dtype)).T.to(weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)

@@ -158,14 +158,19 @@ def skew_symmetric(upper: Tensor, size: int) -> Tensor:
     return triangle - triangle.transpose(-1, -2)
 
 
+def at_least_float32(tensor: Tensor) -> Tensor:
+    """``tensor`` in float32, or as is when it is already wider (float64 stays float64)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def cayley(skew: Tensor) -> Tensor:
     """OFT (Qiu et al., NeurIPS 2023, §3): Cayley transform ``R = (I + Q)(I − Q)⁻¹``, orthogonal for skew ``Q``.
 
-    Batched over leading dimensions. Always computed in float32 with autocast disabled (a bf16/fp16 inverse loses
-    orthogonality); returns float32, the caller casts.
+    Batched over leading dimensions. Always computed in at least float32 with autocast disabled (a bf16/fp16 inverse loses
+    orthogonality); returns that dtype, the caller casts.
     """
     with torch.autocast(device_type=skew.device.type, enabled=False):
-        q = skew.float()
+        q = at_least_float32(skew)
         eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device).expand_as(q)
         # X (I − Q) = I + Q  ⇔  X = (I + Q)(I − Q)⁻¹
         return torch.linalg.solve(eye - q, eye + q, left=False)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from peftlab.methods import register_method
 from peftlab.methods.base import AdapterLayer, LinearSlice, MethodConfig, check_bool, check_choice, check_int
-from peftlab.methods.functional import hta_update
+from peftlab.methods.functional import at_least_float32, hta_update
 
 COMPUTE_FORMS = ("activation", "weight")
 
@@ -78,13 +78,16 @@ class HTALinear(AdapterLayer):
     def _update(self, x: Tensor) -> Tensor:
         """``x (W_down W_up + W_HTA)`` in the paper's layout, computed in float32 even under autocast."""
         low_rank = (self.hta_down, self.hta_up) if self.hta_down is not None else (None, None)
-        params = [p if p is None else p.float() for p in (self.hta_v_left, self.hta_diag, self.hta_v_right, *low_rank)]
+        params = [
+            p if p is None else at_least_float32(p)
+            for p in (self.hta_v_left, self.hta_diag, self.hta_v_right, *low_rank)
+        ]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return hta_update(x.float(), *params, normalize=self.normalize)
+            return hta_update(at_least_float32(x), *params, normalize=self.normalize)
 
     def delta_weight(self) -> Tensor:
         """``ΔW`` in PyTorch's ``out×in`` layout."""
-        eye = torch.eye(self.base_layer.in_features, device=self.hta_diag.device)
+        eye = torch.eye(self.base_layer.in_features, device=self.hta_diag.device, dtype=self.hta_diag.dtype)
         return self._update(eye).T.to(self.base_layer.weight.dtype)
 
     def merged_weight(self) -> Tensor:

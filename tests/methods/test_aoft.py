@@ -118,6 +118,7 @@ def test_init_has_orthonormal_generators_and_a_zero_scale():
     torch.testing.assert_close(layer.merged_weight(), layer.base_layer.weight, atol=0, rtol=0)
 
 
+@pytest.mark.float32
 def test_generators_run_in_float32_under_bf16_autocast():
     for config in (AOFTConfig(), AOFTAdapterConfig()):
         base = tiny_vit()

@@ -37,6 +37,7 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
     ],
 )
 def test_fold_scale_shift_equals_scale_after_the_op(op, x, dim):
+    op, x = op.double(), x.double()  # built at collection, before the float64 default applies
     with torch.no_grad():
         for p in op.parameters():
             p.add_(randn(*p.shape, seed=3))

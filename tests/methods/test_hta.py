@@ -105,6 +105,7 @@ def test_d_trains_first_and_releases_the_householder_vectors():
     assert layer.hta_v_left.grad.abs().sum() == 0, "documented: v gets no gradient while d = 0"
 
 
+@pytest.mark.float32
 def test_householder_terms_run_in_float32_under_bf16_autocast():
     base = tiny_vit()
     model = HTAConfig().apply(copy.deepcopy(base)).eval()

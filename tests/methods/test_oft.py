@@ -91,6 +91,7 @@ def test_identity_at_init_and_orthogonal_after_perturbation():
     assert not torch.allclose(rotation, eye, atol=1e-2)
 
 
+@pytest.mark.float32
 def test_cayley_stays_float32_and_orthogonal_under_bf16_autocast():
     skew = functional.skew_symmetric(torch.randn(4, 32 * 31 // 2, generator=torch.Generator().manual_seed(0)), 32)
     eye = torch.eye(32).expand(4, 32, 32)
@@ -98,9 +99,10 @@ def test_cayley_stays_float32_and_orthogonal_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             rotation = functional.cayley(generator)
         assert rotation.dtype == torch.float32
-        torch.testing.assert_close(rotation.transpose(-1, -2) @ rotation, eye, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(rotation.transpose(-1, -2) @ rotation, eye)  # torch's float32 tolerance
 
 
+@pytest.mark.float32
 def test_bf16_autocast_output_is_finite_and_close_to_fp32():
     model = OftConfig().apply(tiny_vit()).eval()
     perturb(model, scale=0.5)
