@@ -166,8 +166,8 @@ def at_least_float32(tensor: Tensor) -> Tensor:
 def cayley(skew: Tensor) -> Tensor:
     """OFT (Qiu et al., NeurIPS 2023, §3): Cayley transform ``R = (I + Q)(I − Q)⁻¹``, orthogonal for skew ``Q``.
 
-    Batched over leading dimensions. Always computed in at least float32 with autocast disabled (a bf16/fp16 inverse loses
-    orthogonality); returns that dtype, the caller casts.
+    Batched over leading dimensions. Always computed in at least float32 with autocast disabled (a bf16/fp16
+    inverse loses orthogonality); returns that dtype, the caller casts.
     """
     with torch.autocast(device_type=skew.device.type, enabled=False):
         q = at_least_float32(skew)
