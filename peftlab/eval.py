@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from peftlab.build import build
 from peftlab.checkpoint import load_checkpoint, run_config
+from peftlab.conf import CONFIG_PATH
 from peftlab.results import atomic_write_text, now
 from peftlab.train import evaluate_split
 from peftlab.utils import run_cli
@@ -34,7 +35,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def main(cfg: DictConfig) -> None:
     run_cli(lambda: evaluate(cfg))
 

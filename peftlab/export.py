@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from peftlab.build import build_method, build_model
 from peftlab.checkpoint import load_checkpoint, model_state, run_config
+from peftlab.conf import CONFIG_PATH
 from peftlab.methods.inject import load_trainable_state_dict, merge_and_unload
 from peftlab.results import atomic_write_text
 from peftlab.utils import run_cli
@@ -70,7 +71,7 @@ def export_info(run_cfg: DictConfig, method: str, merged: bool) -> dict[str, Any
     }
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 def main(cfg: DictConfig) -> None:
     run_cli(lambda: export(cfg))
 

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab.build import Built, build
+from peftlab.conf import CONFIG_PATH
 from peftlab.methods.inject import count_parameters
 from peftlab.results import (
     COMPLETE,
@@ -30,7 +31,6 @@ from peftlab.results import (
 from peftlab.utils import finish_wandb, peak_memory_mb, reset_peak_memory, run_cli
 
 log = logging.getLogger("peftlab")
-CONFIG_DIR = "../conf"
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -218,7 +218,7 @@ def print_summary(results: dict[str, Any], path: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     torch.set_float32_matmul_precision("high")
     results = run_cli(lambda: train(cfg))

@@ -12,8 +12,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
+from peftlab.conf import CONFIG_DIR as CONF
+from peftlab.conf import USER_CONFIG_ENV
+
+os.environ[USER_CONFIG_ENV] = ""  # tests never read this machine's own overrides (~/.config/peftlab)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,7 +35,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_cfg(tmp_path, data_dir):
-    """Compose ``conf/train.yaml`` with overrides, writing into ``tmp_path`` and reading data from ``data_dir``."""
+    """Compose the shipped ``train.yaml`` with overrides, writing into ``tmp_path``, reading data from ``data_dir``."""
 
     def _make(*overrides: str, config_name: str = "train") -> DictConfig:
         GlobalHydra.instance().clear()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import timm
@@ -14,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from peftlab.conf import CONFIG_DIR
 from peftlab.methods.inject import count_parameters
 
 #: the one tolerance for equivalence checks (formula vs implementation, merged vs adapted). Method tests run in
@@ -30,7 +30,7 @@ HEAD_100 = 76_900
 #: include it. VTAB-1k (19 tasks) and FGVC (5) on ViT-B/16 (D = 768), VTAB-1k on ViT-L/16 (D = 1024).
 AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407, "vtab_large": 50_711}
 
-METHOD_CONF = Path(__file__).parents[1] / "conf" / "method"
+METHOD_CONF = CONFIG_DIR / "method"
 
 
 def tiny_vit(num_classes: int = 5, seed: int = 0, **overrides) -> nn.Module:
@@ -68,7 +68,7 @@ def assert_invalid(config_cls: type, overrides: dict, message: str) -> None:
 
 
 def method_yaml(name: str):
-    """The method config that ``conf/method/<name>.yaml`` instantiates."""
+    """The method config that ``peftlab/conf/method/<name>.yaml`` instantiates."""
     return instantiate(OmegaConf.load(METHOD_CONF / f"{name}.yaml"))
 
 

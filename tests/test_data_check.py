@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
+from peftlab.conf import CONFIG_DIR
 from peftlab.data import FGVCDataModule, VTABDataModule
 from peftlab.data.check import compose_data_config, data_config_names, main
 from tests.data_fixtures import write_fgvc_dataset, write_vtab_task
@@ -95,7 +96,7 @@ def test_check_covers_missing_tasks_of_a_group(data_dir, capsys):
 
 
 def test_compose_without_a_train_config(tmp_path, monkeypatch):
-    shutil.copytree(Path(__file__).parents[1] / "conf" / "data", tmp_path / "conf" / "data")
+    shutil.copytree(CONFIG_DIR / "data", tmp_path / "conf" / "data")
     monkeypatch.setenv("PEFTLAB_DATA", "/env/data")
     assert compose_data_config("vtab1k/dtd", [], tmp_path / "conf").root == "/env/data/vtab-1k"
     cfg = compose_data_config("fgvc/dogs", ["paths.data_dir=/x", "data.batch_size=8"], tmp_path / "conf")

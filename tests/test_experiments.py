@@ -1,6 +1,6 @@
-"""The paper recipes (``conf/experiment``), their per-task tables (``conf/method_data``) and the sweeps
-(``conf/sweep``): every recipe composes with every task of its benchmark, published per-task values resolve, sweeps
-expand to the documented jobs, and re-running a sweep resumes it without touching finished results."""
+"""The paper recipes (``peftlab/conf/experiment``), their per-task tables (``peftlab/conf/method_data``) and the
+sweeps (``peftlab/conf/sweep``): every recipe composes with every task of its benchmark, published per-task values
+resolve, sweeps expand to the documented jobs, and re-running a sweep resumes it without touching finished results."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from peftlab.conf import CONFIG_DIR
 from peftlab.data.catalog import FGVC_TASKS, VTAB_TASKS, find_spec
 from peftlab.data.demo import make_demo_dataset
 from peftlab.data.errors import DataError, Problem
@@ -23,7 +24,6 @@ from peftlab.data.splits import VTAB_EXPECTED_COUNTS, VTAB_SOURCE_FIX, LabeledIm
 from peftlab.data.validate import cheap_problems, decode_problems, missing_classes
 from peftlab.data.vtab import vtab_task_spec
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 VTAB_TARGET = "peftlab.data.VTABDataModule"
 
 
@@ -39,7 +39,7 @@ class TaskReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def data_config_names(selection: str, conf_dir: Path = CONF_DIR) -> list[str]:
+def data_config_names(selection: str, conf_dir: Path = CONFIG_DIR) -> list[str]:
     """Expands ``data=<selection>`` into config names: itself if it is a config, else every task in the folder."""
     if (conf_dir / "data" / f"{selection}.yaml").is_file():
         return [selection]
@@ -55,11 +55,11 @@ def _catalog_order(name: str) -> tuple[int, str]:
     return (known.index(name) if name in known else len(known), name)
 
 
-def compose_data_config(name: str, overrides: list[str], conf_dir: Path = CONF_DIR) -> DictConfig:
-    """Composes ``data=<name>`` with the repo's configs and returns the resolved ``data`` node.
+def compose_data_config(name: str, overrides: list[str], conf_dir: Path = CONFIG_DIR) -> DictConfig:
+    """Composes ``data=<name>`` with the shipped configs and returns the resolved ``data`` node.
 
-    Uses ``conf/train.yaml`` when it exists (so ``paths`` and experiments apply); otherwise composes the data group
-    alone with ``paths.data_dir`` defaulting to ``$PEFTLAB_DATA`` or ``<repo>/data``.
+    Uses ``train.yaml`` when the config dir has one (so ``paths`` and experiments apply); otherwise composes the data
+    group alone with ``paths.data_dir`` defaulting to ``$PEFTLAB_DATA`` or ``./data``.
     """
     from hydra import compose, initialize_config_dir
 
@@ -69,7 +69,7 @@ def compose_data_config(name: str, overrides: list[str], conf_dir: Path = CONF_D
         else:
             path_overrides = [o for o in overrides if o.startswith("paths.")]
             cfg = compose(overrides=[f"+data={name}", *[o for o in overrides if o not in path_overrides]])
-            default_paths = {"paths": {"data_dir": f"${{oc.env:PEFTLAB_DATA,{conf_dir.parent / 'data'}}}"}}
+            default_paths = {"paths": {"data_dir": "${oc.env:PEFTLAB_DATA,data}"}}
             cfg = OmegaConf.merge(default_paths, cfg, OmegaConf.from_dotlist(path_overrides))
     return OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))  # resolves only what data uses
 
@@ -173,7 +173,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m peftlab.data.check", description=__doc__.splitlines()[0])
     parser.add_argument("--no-decode", action="store_true", help="skip decoding every image (cheap checks only)")
     parser.add_argument("--workers", type=int, default=4, help="decoding threads")
-    parser.add_argument("--conf-dir", type=Path, default=CONF_DIR, help="Hydra config folder")
+    parser.add_argument("--conf-dir", type=Path, default=CONFIG_DIR, help="Hydra config folder")
     args, overrides = parser.parse_known_args(argv)
     if not any(o.startswith("data=") for o in overrides):
         parser.error("give data=<config or group>, e.g. data=vtab1k, data=fgvc or data=vtab1k/dtd")

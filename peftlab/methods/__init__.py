@@ -1,8 +1,8 @@
 """PEFT methods: a registry of method configs, each of which injects its layers through one shared mechanism.
 
 Adding a method touches two files: ``peftlab/methods/<name>.py`` (a ``@register_method`` config dataclass plus its
-layer) and ``conf/method/<name>.yaml``. Every module in this package is imported on first use of the registry, so no
-list has to be edited.
+layer) and ``peftlab/conf/method/<name>.yaml``. Every module in this package is imported on first use of the
+registry, so no list has to be edited.
 """
 
 from __future__ import annotations
