@@ -66,7 +66,6 @@ from peftlab.results import atomic_write_text, git_sha, now, versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "bench"
 REFERENCES = ("frozen", "full")
-NO_WEIGHT_DECAY = ("bias", "norm", "cls_token", "pos_embed")
 MIB = 2**20
 
 #: pass/fail thresholds (set for the GPU run; CPU numbers are indicative)
@@ -232,7 +231,7 @@ def make_frozen_limit(model: nn.Module) -> nn.Module:
 
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters only, with the training recipe's decay groups."""
-    return torch.optim.AdamW(parameter_groups(model, 1e-4, NO_WEIGHT_DECAY), lr=1e-4)
+    return torch.optim.AdamW(parameter_groups(model, 1e-4), lr=1e-4)
 
 
 def merged_copy(model: nn.Module) -> nn.Module | None:

@@ -134,7 +134,7 @@ def build_trainer(cfg: DictConfig, method: MethodConfig, with_loggers: bool = Tr
     loggers = build_loggers(cfg, method) if with_loggers else []
     if not loggers:  # nothing to monitor into
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    plugins = [AtomicCheckpointIO()] if "strategy" not in trainer_kwargs else []
+    plugins = [*(trainer_kwargs.pop("plugins", None) or []), AtomicCheckpointIO()]  # atomic under every strategy
     return instantiate(trainer_kwargs, callbacks=callbacks, logger=loggers or False, plugins=plugins, _convert_="all")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from peftlab.methods.inject import check_state_keys, count_parameters, trainable_state_dict
-from peftlab.optim import parameter_groups
+from peftlab.optim import check_recipe, parameter_groups, scale_learning_rates
 
 PREFIX = "model."
 
@@ -25,8 +25,9 @@ class ClassificationModule(L.LightningModule):
         optimizer: a partial optimizer (``_partial_: true``) called with parameter groups.
         scheduler: a partial schedule called with ``optimizer``, ``total_steps`` and ``warmup_steps``.
         warmup_epochs: warm-up length in epochs (converted to steps).
-        weight_decay: weight decay of the decayed group (names containing ``no_weight_decay`` get none).
-        no_weight_decay: substrings of parameter names that get no weight decay.
+        weight_decay: weight decay of the decayed tensors (the method declares which tensors get none).
+        head_lr_scale: learning-rate multiplier of the classification head (1: the same lr as the rest).
+        layer_decay: layer-wise lr decay (e.g. 0.65 for full fine-tuning), or None for one lr over depth.
         label_smoothing: cross-entropy label smoothing.
     """
 
@@ -38,7 +39,8 @@ class ClassificationModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         warmup_epochs: float = 10,
         weight_decay: float = 0.0,
-        no_weight_decay: Sequence[str] = ("bias", "norm"),
+        head_lr_scale: float = 1.0,
+        layer_decay: float | None = None,
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
@@ -47,7 +49,9 @@ class ClassificationModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.warmup_epochs = warmup_epochs
         self.weight_decay = weight_decay
-        self.no_weight_decay = tuple(no_weight_decay)
+        check_recipe(weight_decay, head_lr_scale, layer_decay)
+        self.head_lr_scale = head_lr_scale
+        self.layer_decay = layer_decay
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -115,10 +119,10 @@ class ClassificationModule(L.LightningModule):
             logger.log_metrics({f"params/{k}": float(v) for k, v in counts.items()}, step=0)
 
     def configure_optimizers(self):
-        groups = parameter_groups(self.model, self.weight_decay, self.no_weight_decay)
+        groups = parameter_groups(self.model, self.weight_decay, self.head_lr_scale, self.layer_decay)
         if not groups:
             raise ValueError("nothing to train: the method left no parameter with requires_grad=True")
-        optimizer = self.optimizer_factory(groups)
+        optimizer = scale_learning_rates(self.optimizer_factory(groups))
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

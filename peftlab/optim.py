@@ -3,22 +3,89 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
+from timm.models import group_parameters
 from torch import nn
 
+from peftlab.methods.decay import lr_scales as declared_lr_scales
+from peftlab.methods.decay import no_weight_decay
+from peftlab.methods.inject import head_parameters
 
-def parameter_groups(model: nn.Module, weight_decay: float, no_decay: Iterable[str] = ("bias", "norm")) -> list[dict]:
-    """Two groups of trainable parameters: those whose name contains any of ``no_decay`` get no weight decay
-    (biases, norms and the shifts/scales living in norm layers, as in the RLRR code), all others ``weight_decay``."""
-    no_decay = tuple(no_decay)
-    decay, plain = [], []
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, head_lr_scale: float = 1.0, layer_decay: float | None = None
+) -> list[dict]:
+    """Groups of the trainable parameters of ``model`` with equal weight decay and learning-rate multiplier.
+
+    Which tensors get no weight decay and any per-tensor lr multiplier are the method's declarations
+    (:mod:`peftlab.methods.decay`). ``head_lr_scale`` multiplies the classification head's lr; ``layer_decay``
+    (layer-wise lr decay, as timm's ``param_groups_layer_decay``) multiplies the lr of layer ``i`` of ``n`` by
+    ``layer_decay ** (n - i)``: the head keeps the full lr, each block below gets ``layer_decay`` times the lr of
+    the block above, the embeddings the least. Each group carries its multiplier as ``lr_scale``; apply it with
+    :func:`scale_learning_rates` once the optimizer exists.
+    """
+    check_recipe(weight_decay, head_lr_scale, layer_decay)
+    exempt = no_weight_decay(model)
+    scales = _lr_scales(model, head_lr_scale, layer_decay)
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (plain if any(key in name for key in no_decay) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            groups.setdefault((name not in exempt, scales.get(name, 1.0)), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
+    ]
+
+
+def check_recipe(weight_decay: float, head_lr_scale: float, layer_decay: float | None) -> None:
+    """Raise a ValueError naming the ``optim`` option that is out of range."""
+    if not _is_number(weight_decay) or weight_decay < 0:
+        raise ValueError(f"optim.weight_decay={weight_decay!r} is invalid: expected a number >= 0")
+    if not _is_number(head_lr_scale) or head_lr_scale <= 0:
+        raise ValueError(f"optim.head_lr_scale={head_lr_scale!r} is invalid: expected a number > 0 (1 = same lr)")
+    if layer_decay is not None and not (_is_number(layer_decay) and 0 < layer_decay <= 1):
+        raise ValueError(
+            f"optim.layer_decay={layer_decay!r} is invalid: expected a number in (0, 1] (e.g. 0.65), or null for none"
+        )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _lr_scales(model: nn.Module, head_lr_scale: float, layer_decay: float | None) -> dict[str, float]:
+    scales = dict.fromkeys((n for n, _ in model.named_parameters()), 1.0)
+    if layer_decay is not None:
+        layers = layer_ids(model)
+        last = max(layers.values())
+        scales.update({n: layer_decay ** (last - layers.get(n, last)) for n in scales})
+    head = {id(p) for p in head_parameters(model).parameters()}
+    for name, p in model.named_parameters():
+        if id(p) in head:
+            scales[name] *= head_lr_scale
+    for name, factor in declared_lr_scales(model).items():
+        scales[name] *= factor
+    return scales
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Depth index of every parameter, from timm's ``group_matcher`` (embeddings 0, block ``i`` ``i + 1``, the head
+    last); parameters a method added inside a block share the block's index, others (shared modules) the last."""
+    if not hasattr(model, "group_matcher"):
+        raise ValueError(
+            f"optim.layer_decay needs a timm model with group_matcher(); {type(model).__name__} has none: "
+            "set optim.layer_decay=null"
+        )
+    return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+
+
+def scale_learning_rates(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Multiply each group's lr by its ``lr_scale`` (call once, before creating the schedule)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+    return optimizer
 
 
 def warmup_cosine(

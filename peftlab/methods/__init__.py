@@ -13,7 +13,7 @@ import pkgutil
 from peftlab.methods.base import AdapterLayer, MethodConfig, NotMergeableError
 
 _REGISTRY: dict[str, type[MethodConfig]] = {}
-_INFRASTRUCTURE = {"base", "inject", "functional"}
+_INFRASTRUCTURE = {"base", "inject", "functional", "decay"}
 _loaded = False
 
 

@@ -116,6 +116,7 @@ class BottleneckAdapter(AdapterLayer):
     """A frozen MLP plus a trainable ``D → h → D`` bottleneck, sequential (after the MLP) or parallel (beside it)."""
 
     mergeable: ClassVar[bool] = False
+    no_decay = ("adapter_down_bias", "adapter_up_bias")  # biases, like every bias of the backbone
 
     def __init__(
         self,

@@ -114,6 +114,8 @@ class ArcProjections(nn.Module):
 class ArcLayer(AdapterLayer):
     """A frozen Linear whose input first passes the re-composed adapter ``x (I + U diag(s) Uᵀ) + b``."""
 
+    no_decay = ("arc_bias",)  # a bias, like every bias of the backbone
+
     def __init__(
         self, base_layer: nn.Module, shared: ArcProjections, pos: str, zero_scale: bool, dropout: float = 0.0
     ) -> None:

@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: attribute of the model that holds a method's shared parameters (``create_shared``)
+SHARED = "peft_shared"
+
 
 class NotMergeableError(RuntimeError):
     """Raised when merging is asked of a method that adds computation that cannot be folded into the weights."""
@@ -140,6 +143,10 @@ class AdapterLayer(nn.Module):
     """
 
     mergeable: ClassVar[bool] = True
+    #: attribute names of this layer's own parameters that get no weight decay (see :mod:`peftlab.methods.decay`)
+    no_decay: ClassVar[tuple[str, ...]] = ()
+    #: learning-rate multipliers of this layer's own parameters, by attribute name (absent means 1)
+    lr_scales: ClassVar[dict[str, float]] = {}
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()

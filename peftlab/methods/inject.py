@@ -10,9 +10,16 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from peftlab.methods.base import QKV_SLICES, AdapterLayer, FusedQKV, LinearSlice, MethodConfig, NotMergeableError
+from peftlab.methods.base import (
+    QKV_SLICES,
+    SHARED,
+    AdapterLayer,
+    FusedQKV,
+    LinearSlice,
+    MethodConfig,
+    NotMergeableError,
+)
 
-SHARED = "peft_shared"
 _TARGET_TYPES = (nn.Linear, nn.LayerNorm, nn.Conv2d)
 
 

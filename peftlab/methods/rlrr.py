@@ -52,6 +52,9 @@ class RLRRLinear(AdapterLayer):
         base_layer: the frozen ``nn.Linear`` or :class:`LinearSlice`.
     """
 
+    #: the official ``get_parameters()`` exempts ``shift_bias`` (by its name) from weight decay
+    no_decay = ("rlrr_shift",)
+
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
         weight = base_layer.weight

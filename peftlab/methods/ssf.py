@@ -43,6 +43,9 @@ class ScaleShift(AdapterLayer):
         factory = {} if weight is None else {"device": weight.device, "dtype": weight.dtype}
         self.channel_dim = 1 if isinstance(base_layer, nn.Conv2d) else -1
         self.mergeable = weight is not None  # a LayerNorm without affine has nothing to fold into
+        # after a LayerNorm the scale/shift act as the norm's affine parameters: no weight decay, like them (the
+        # RLRR code exempts its post-norm SSF by name; its patch-embedding SSF is decayed)
+        self.no_decay = ("ssf_scale", "ssf_shift") if isinstance(base_layer, nn.LayerNorm) else ()
         self.ssf_scale = nn.Parameter(torch.empty(channels, **factory))
         self.ssf_shift = nn.Parameter(torch.empty(channels, **factory))
         self.reset_parameters()
