@@ -34,12 +34,12 @@ test-gpu: $(STAMP) ## only the GPU tests
 	$(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + format check
-	$(BIN)/ruff check peftlab tests experiments
-	$(BIN)/ruff format --check peftlab tests experiments
+	$(BIN)/ruff check peftlab hydra_plugins tests experiments
+	$(BIN)/ruff format --check peftlab hydra_plugins tests experiments
 
 format: $(STAMP) ## ruff fix + format
-	$(BIN)/ruff check --fix peftlab tests experiments
-	$(BIN)/ruff format peftlab tests experiments
+	$(BIN)/ruff check --fix peftlab hydra_plugins tests experiments
+	$(BIN)/ruff format peftlab hydra_plugins tests experiments
 
 bench: $(STAMP) ## throughput/memory benchmark of every method (ARGS="--backbone vit_b16 --device cuda" on a GPU)
 	$(BIN)/python experiments/bench.py $(ARGS)
