@@ -59,8 +59,9 @@ from torch import Tensor, nn
 from peftlab.backbones import create_backbone
 from peftlab.methods import NotMergeableError, get_method, list_methods
 from peftlab.methods.hta import HTALinear
-from peftlab.methods.inject import count_parameters, merge_and_unload
+from peftlab.methods.inject import merge_and_unload
 from peftlab.methods.rlrr import RLRRLinear
+from peftlab.methods.state import count_parameters
 from peftlab.optim import parameter_groups
 from peftlab.results import atomic_write_text, git_sha, now, versions
 

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from peftlab.build import build_method, build_model
 from peftlab.checkpoint import load_checkpoint, model_state, run_config
 from peftlab.conf import CONFIG_PATH
-from peftlab.methods.inject import load_trainable_state_dict, merge_and_unload
+from peftlab.methods.inject import merge_and_unload
+from peftlab.methods.state import load_trainable_state_dict
 from peftlab.results import atomic_write_text
 from peftlab.utils import run_cli
 

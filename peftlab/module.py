@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from peftlab.methods.inject import check_state_keys, count_parameters, trainable_state_dict
+from peftlab.methods.state import check_state_keys, count_parameters, trainable_state_dict
 from peftlab.optim import check_recipe, parameter_groups, scale_learning_rates
 
 PREFIX = "model."

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab.build import Built, build
 from peftlab.conf import CONFIG_PATH
-from peftlab.methods.inject import count_parameters
+from peftlab.methods.state import count_parameters
 from peftlab.results import (
     COMPLETE,
     FAILED,

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from peftlab.conf import CONFIG_DIR
-from peftlab.methods.inject import count_parameters
+from peftlab.methods.state import count_parameters
 
 #: the one tolerance for equivalence checks (formula vs implementation, merged vs adapted). Method tests run in
 #: float64 (``tests/methods/conftest.py``): rounding over a tiny ViT's few thousand operations stays below ~1e-12

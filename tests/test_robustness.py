@@ -158,7 +158,7 @@ def test_mixed_precision_trains_on_gpu(make_cfg, precision):
 def test_compiled_training_keeps_plain_checkpoint_keys(make_cfg, tmp_path):
     from peftlab.build import build
     from peftlab.checkpoint import load_checkpoint, model_state
-    from peftlab.methods.inject import trainable_state_dict
+    from peftlab.methods.state import trainable_state_dict
 
     cfg = make_cfg("trainer.compile=true", "debug=limit", "trainer.max_epochs=1", *DEMO_FAST)
     assert train(cfg)["status"] == "complete"

@@ -11,7 +11,7 @@ import torch
 
 from peftlab.build import build
 from peftlab.checkpoint import load_checkpoint, model_state
-from peftlab.methods.inject import trainable_state_dict
+from peftlab.methods.state import trainable_state_dict
 from peftlab.results import RESULTS_FILE
 from peftlab.train import train
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from peftlab.methods.base import AdapterLayer, MethodConfig, NotMergeableError
+from peftlab.methods.base import MethodConfig
+from peftlab.methods.layers import AdapterLayer, NotMergeableError
 
 _REGISTRY: dict[str, type[MethodConfig]] = {}
-_INFRASTRUCTURE = {"base", "inject", "functional", "decay"}
+_INFRASTRUCTURE = {"base", "layers", "inject", "state", "decay", "functional"}
 _loaded = False
 
 

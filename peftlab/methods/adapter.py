@@ -37,14 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import (
-    AdapterLayer,
-    MethodConfig,
-    check_choice,
-    check_positive,
-    check_positive_int,
-    check_probability,
-)
+from peftlab.methods.base import MethodConfig, check_choice, check_int, check_positive, check_probability
+from peftlab.methods.layers import AdapterLayer
 
 STYLES = ("sequential", "parallel")
 
@@ -73,7 +67,6 @@ class AdapterConfig(MethodConfig):
         dropout: dropout probability on the bottleneck activation.
     """
 
-    mergeable: ClassVar[bool] = False
     wraps_any_module: ClassVar[bool] = True
 
     targets: list[str] = field(default_factory=lambda: ["blocks.*.mlp"])
@@ -86,12 +79,12 @@ class AdapterConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice(self.style, "style", STYLES)
-        check_positive_int(self.bottleneck, "bottleneck")
+        check_int(self.bottleneck, "bottleneck")
         check_positive(self.scale, "scale")
         check_choice(self.activation, "activation", tuple(ACTIVATIONS))
         check_probability(self.dropout, "dropout")
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
         if not all(isinstance(getattr(base, fc, None), nn.Linear) for fc in ("fc1", "fc2")):
             raise TypeError(
                 f"method {self.name!r} wraps MLP modules with fc1/fc2 Linear layers (timm Mlp, e.g. 'blocks.*.mlp'); "

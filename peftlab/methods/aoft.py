@@ -40,15 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.methods import register_method
-from peftlab.methods.base import (
-    AdapterLayer,
-    LinearSlice,
-    MethodConfig,
-    check_bool,
-    check_choice,
-    check_positive_int,
-)
+from peftlab.methods.base import MethodConfig, check_bool, check_choice, check_int
 from peftlab.methods.functional import ao_basis, aoft_update, at_least_float32
+from peftlab.methods.layers import AdapterLayer, LinearSlice
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 POSITIONS = ("parallel", "sequential")
@@ -155,7 +149,7 @@ class AOFTAdapter(_AOFTLayer):
 
 
 def _check_common(config: MethodConfig) -> None:
-    check_positive_int(config.rank, "rank")
+    check_int(config.rank, "rank")
     check_bool(config.use_scale, "use_scale")
 
 
@@ -177,7 +171,7 @@ class AOFTConfig(MethodConfig):
         super().__post_init__()
         _check_common(self)
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
         if not isinstance(base, (nn.Linear, LinearSlice)):
             raise TypeError(f"LoRA+AOFT adapts linear weights; {name!r} is a {type(base).__name__}")
         return AOFTLinear(base, self.rank, self.use_scale)
@@ -195,7 +189,6 @@ class AOFTAdapterConfig(MethodConfig):
         position: ``parallel`` to the FFN (input = FFN input) or ``sequential`` (input = FFN output).
     """
 
-    mergeable = False
     wraps_any_module = True
 
     targets: list[str] = field(default_factory=lambda: ["mlp"])
@@ -210,5 +203,5 @@ class AOFTAdapterConfig(MethodConfig):
         check_choice(self.activation, "activation", tuple(ACTIVATIONS))
         check_choice(self.position, "position", POSITIONS)
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
         return AOFTAdapter(base, self.rank, self.use_scale, self.activation, self.position)

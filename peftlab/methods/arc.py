@@ -40,14 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import (
-    QKV_SLICES,
-    AdapterLayer,
-    MethodConfig,
-    check_linear,
-    check_positive_int,
-    check_probability,
-)
+from peftlab.methods.base import MethodConfig, check_int, check_linear, check_probability
+from peftlab.methods.layers import QKV_SLICES, AdapterLayer
 
 #: positions whose re-scaling starts at zero (the adapter is the identity there at init)
 ZERO_SCALE_POSITIONS = ("attn",)
@@ -71,7 +65,7 @@ class ArcConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int(self.bottleneck, "bottleneck")
+        check_int(self.bottleneck, "bottleneck")
         check_probability(self.dropout, "dropout")
 
     def create_shared(self, model: nn.Module, targets: list[str]) -> nn.Module:
@@ -82,13 +76,12 @@ class ArcConfig(MethodConfig):
             base = model.get_submodule(name)
             check_linear(name, base, self.name)
             dims.setdefault(position(name), base.in_features)
-        self._shared = ArcProjections(dims, self.bottleneck)
-        return self._shared
+        return ArcProjections(dims, self.bottleneck)
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: ArcProjections) -> nn.Module:
         check_linear(name, base, self.name)
         pos = position(name)
-        return ArcLayer(base, self._shared, pos, zero_scale=pos in ZERO_SCALE_POSITIONS, dropout=self.dropout)
+        return ArcLayer(base, shared, pos, zero_scale=pos in ZERO_SCALE_POSITIONS, dropout=self.dropout)
 
 
 def position(name: str) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from peftlab.methods.base import SHARED, AdapterLayer
+from peftlab.methods.layers import SHARED, AdapterLayer
 
 #: normalisation layers whose affine parameters are not decayed
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)

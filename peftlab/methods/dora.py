@@ -49,7 +49,7 @@ class DoraConfig(LoraConfig):
         if not isinstance(self.detach_norm, bool):
             raise ValueError(f"method option detach_norm={self.detach_norm!r} is invalid: expected true or false")
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
         check_linear(name, base, self.name)
         return DoraLayer(base, self.rank, self.scale, self.dropout, self.detach_norm)
 

@@ -42,17 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import (
-    QKV_SLICES,
-    AdapterLayer,
-    MethodConfig,
-    check_linear,
-    check_positive,
-    check_positive_int,
-    check_probability,
-)
-
-FORMATS = ("tt", "tk")
+from peftlab.methods.base import MethodConfig, check_int, check_linear, check_positive, check_probability
+from peftlab.methods.layers import QKV_SLICES, AdapterLayer
 
 
 @dataclass
@@ -77,7 +68,7 @@ class FactConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int(self.rank, "rank")
+        check_int(self.rank, "rank")
         check_positive(self.scale, "scale")
         check_probability(self.dropout, "dropout")
 
@@ -85,17 +76,16 @@ class FactConfig(MethodConfig):
         dim = getattr(model, "embed_dim", None)
         if not isinstance(dim, int):
             raise TypeError(f"method {self.name!r} needs a ViT with an integer embed_dim; got {type(model).__name__}")
-        self._slices: dict[str, int] = {}  # target name -> index of its first d×d slice
+        first_slice: dict[str, int] = {}  # target name -> index of its first d×d slice
         count = 0
         for name in targets:
-            self._slices[name] = count
+            first_slice[name] = count
             count += num_slices(name, weight_shape(model, name, self.name), dim)
-        self._factors = FactFactors(self.tensor_format, dim, self.rank, count)
-        return self._factors
+        return FactFactors(self.tensor_format, dim, self.rank, count, first_slice)
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: FactFactors) -> nn.Module:
         check_linear(name, base, self.name)
-        return FactLayer(base, self._factors, self._slices[name], self.scale, self.dropout)
+        return FactLayer(base, shared, shared.first_slice[name], self.scale, self.dropout)
 
 
 @register_method("fact_tt")
@@ -144,9 +134,10 @@ def num_slices(name: str, shape: tuple[int, int], dim: int) -> int:
 class FactFactors(nn.Module):
     """The factors shared by all layers: ``U, V`` and the TT cores ``Σ`` or the Tucker core ``C`` and factor ``P``."""
 
-    def __init__(self, tensor_format: str, dim: int, rank: int, num_slices: int) -> None:
+    def __init__(self, tensor_format: str, dim: int, rank: int, num_slices: int, first_slice: dict[str, int]) -> None:
         super().__init__()
         self.tensor_format = tensor_format
+        self.first_slice = dict(first_slice)  # target name -> index of its first d×d slice
         self.fact_u = nn.Parameter(torch.empty(dim, rank))
         self.fact_v = nn.Parameter(torch.empty(dim, rank))
         if tensor_format == "tt":

@@ -38,8 +38,9 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import register_method
-from peftlab.methods.base import AdapterLayer, LinearSlice, MethodConfig, check_bool, check_choice, check_int
+from peftlab.methods.base import MethodConfig, check_bool, check_choice, check_int
 from peftlab.methods.functional import at_least_float32, hta_update
+from peftlab.methods.layers import AdapterLayer, LinearSlice
 
 COMPUTE_FORMS = ("activation", "weight")
 
@@ -126,7 +127,7 @@ class HTAConfig(MethodConfig):
         check_bool(self.normalize, "normalize")
         check_choice(self.compute, "compute", COMPUTE_FORMS)
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
         if not isinstance(base, (nn.Linear, LinearSlice)):
             raise TypeError(f"HTA adapts linear weights; {name!r} is a {type(base).__name__}")
         return HTALinear(base, self.rank, self.normalize, self.compute)

@@ -1,4 +1,9 @@
-"""The one shared mechanism: find target layers, inject wrappers, mark trainables, merge, save only what trains."""
+"""The one shared mechanism: find target layers, inject a method's layers, mark what trains, merge.
+
+:func:`inject` depends only on the :class:`Injectable` protocol (what :class:`~peftlab.methods.base.MethodConfig`
+provides), so the contract module imports this one and not the other way round. Checkpoint-state helpers live in
+:mod:`peftlab.methods.state`.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,29 @@ import fnmatch
 import re
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Protocol
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from peftlab.methods.base import (
-    QKV_SLICES,
-    SHARED,
-    AdapterLayer,
-    FusedQKV,
-    LinearSlice,
-    MethodConfig,
-    NotMergeableError,
-)
+from peftlab.methods.layers import QKV_SLICES, SHARED, AdapterLayer, FusedQKV, LinearSlice, NotMergeableError
 
 _TARGET_TYPES = (nn.Linear, nn.LayerNorm, nn.Conv2d)
+
+
+class Injectable(Protocol):
+    """What the injector needs from a method config (see :class:`peftlab.methods.base.MethodConfig`)."""
+
+    name: str
+    targets: list[str]
+    exclude: list[str]
+    train_head: bool
+    base_trainable: tuple[str, ...]
+    wraps_any_module: bool
+
+    def create_shared(self, model: nn.Module, targets: list[str]) -> nn.Module | None: ...
+
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module: ...
 
 
 def candidate_names(model: nn.Module) -> list[str]:
@@ -74,7 +87,7 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def inject(model: nn.Module, method: MethodConfig) -> nn.Module:
+def inject(model: nn.Module, method: Injectable) -> nn.Module:
     """Wrap every target of ``method`` in ``model`` (in place), then freeze all but the method's parameters."""
     if any(isinstance(m, AdapterLayer) for m in model.modules()) or hasattr(model, SHARED):
         raise RuntimeError("this model already has an injected method; create a fresh backbone for each method")
@@ -102,10 +115,10 @@ def inject(model: nn.Module, method: MethodConfig) -> nn.Module:
                 f"method {method.name!r} cannot adapt {name!r} of type {type(module).__name__}; "
                 f"targets must be Linear, LayerNorm or Conv2d layers (or q/k/v slices of a fused qkv)"
             )
-        replace_module(model, name, method.create_layer(name, module))
+        replace_module(model, name, method.create_layer(name, module, shared))
     for qkv_name, parts in slices.items():
         qkv = model.get_submodule(qkv_name)
-        layers = {s: method.create_layer(n, LinearSlice(qkv, QKV_SLICES.index(s))) for s, n in parts.items()}
+        layers = {s: method.create_layer(n, LinearSlice(qkv, QKV_SLICES.index(s)), shared) for s, n in parts.items()}
         replace_module(model, qkv_name, FusedQKV(qkv, layers))
     mark_trainable(model, method)
     return model
@@ -118,7 +131,7 @@ def _safe_get(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def mark_trainable(model: nn.Module, method: MethodConfig) -> None:
+def mark_trainable(model: nn.Module, method: Injectable) -> None:
     """Unfreeze exactly: the adapter layers' own parameters, shared method parameters, the head (if asked) and any
     base parameters the method names in ``base_trainable``. Chosen structurally, never by parameter-name prefix."""
     for module in model.modules():
@@ -182,44 +195,3 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         delattr(model, SHARED)
     model.requires_grad_(False)
     return model
-
-
-def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Only the tensors that train (adapter, shared and head parameters), detached."""
-    return {k: v.detach() for k, v in model.state_dict(keep_vars=True).items() if getattr(v, "requires_grad", False)}
-
-
-def load_trainable_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Load a :func:`trainable_state_dict`, after checking that its keys are exactly the trainable tensors."""
-    check_state_keys(trainable_state_dict(model), state)
-    model.load_state_dict(state, strict=False)
-
-
-def check_state_keys(expected: Iterable[str], found: Iterable[str]) -> None:
-    """Raise a KeyError that lists missing and unexpected keys unless ``found`` equals ``expected``."""
-    expected, found = set(expected), set(found)
-    missing, unexpected = sorted(expected - found), sorted(found - expected)
-    if missing or unexpected:
-        raise KeyError(
-            "checkpoint does not match this model's trainable tensors "
-            f"(missing {len(missing)}: {_preview(missing)}; unexpected {len(unexpected)}: {_preview(unexpected)}). "
-            "Load it with the same method, backbone and number of classes it was trained with."
-        )
-
-
-def _preview(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") if keys else "none"
-
-
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable, total and head parameter counts (shared parameters counted once)."""
-    params = list(model.parameters())  # deduplicated by nn.Module
-    head = [p for p in head_parameters(model).parameters()]
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    trainable_head = sum(p.numel() for p in head if p.requires_grad)
-    return {
-        "trainable": trainable,
-        "total": sum(p.numel() for p in params),
-        "head": sum(p.numel() for p in head),
-        "trainable_without_head": trainable - trainable_head,
-    }

@@ -23,14 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import (
-    AdapterLayer,
-    MethodConfig,
-    check_linear,
-    check_positive,
-    check_positive_int,
-    check_probability,
-)
+from peftlab.methods.base import MethodConfig, check_int, check_linear, check_positive, check_probability
+from peftlab.methods.layers import AdapterLayer
 
 
 @register_method("lora")
@@ -51,7 +45,7 @@ class LoraConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int(self.rank, "rank")
+        check_int(self.rank, "rank")
         if self.alpha is not None:
             check_positive(self.alpha, "alpha")
         check_probability(self.dropout, "dropout")
@@ -60,7 +54,7 @@ class LoraConfig(MethodConfig):
     def scale(self) -> float:
         return (self.rank if self.alpha is None else self.alpha) / self.rank
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
         check_linear(name, base, self.name)
         return LoraLayer(base, self.rank, self.scale, self.dropout)
 

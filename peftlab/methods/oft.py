@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import AdapterLayer, MethodConfig, check_linear, check_positive_int
+from peftlab.methods.base import MethodConfig, check_int, check_linear
+from peftlab.methods.layers import AdapterLayer
 
 
 @register_method("oft")
@@ -56,9 +57,9 @@ class OftConfig(MethodConfig):
                 "(e.g. method.r=4 method.block_size=null)"
             )
         if self.block_size is not None:
-            check_positive_int(self.block_size, "block_size")
+            check_int(self.block_size, "block_size")
         else:
-            check_positive_int(self.r, "r")
+            check_int(self.r, "r")
 
     def block_size_for(self, name: str, in_features: int) -> int:
         """The block size for a layer with ``in_features`` inputs; errors name the layer and the option."""
@@ -72,7 +73,7 @@ class OftConfig(MethodConfig):
             raise ValueError(f"method option r={self.r} must divide in_features={in_features} of {name!r}")
         return in_features // self.r
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
         check_linear(name, base, self.name)
         return OftLayer(base, self.block_size_for(name, base.in_features))
 

@@ -37,8 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import register_method
-from peftlab.methods.base import AdapterLayer, LinearSlice, MethodConfig, base_bias
+from peftlab.methods.base import MethodConfig
 from peftlab.methods.functional import rlrr_weight
+from peftlab.methods.layers import AdapterLayer, LinearSlice, base_bias
 from peftlab.methods.ssf import ScaleShift
 
 RESCALED_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -92,7 +93,7 @@ class RLRRConfig(MethodConfig):
 
     targets: list[str] = field(default_factory=lambda: [*RESCALED_TARGETS, *SCALE_SHIFT_TARGETS])
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
         if isinstance(base, (nn.Linear, LinearSlice)):
             return RLRRLinear(base)
         return ScaleShift(base)

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import register_method
-from peftlab.methods.base import AdapterLayer, MethodConfig, base_bias, out_features
+from peftlab.methods.base import MethodConfig
 from peftlab.methods.functional import fold_scale_shift, scale_shift
+from peftlab.methods.layers import AdapterLayer, base_bias, out_features
 
 #: every op of a timm ViT that SSF follows; ``re:norm`` is the final norm only (``.norm`` would also match the
 #: patch embedding's Identity norm)
@@ -76,5 +77,5 @@ class SSFConfig(MethodConfig):
 
     targets: list[str] = field(default_factory=lambda: list(SSF_TARGETS))
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
         return ScaleShift(base)

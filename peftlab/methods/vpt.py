@@ -45,7 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import AdapterLayer, MethodConfig, check_positive_int, check_probability
+from peftlab.methods.base import MethodConfig, check_int, check_probability
+from peftlab.methods.layers import AdapterLayer
 
 
 @register_method("vpt_shallow")
@@ -58,7 +59,6 @@ class VptConfig(MethodConfig):
         dropout: dropout probability on the prompt embeddings.
     """
 
-    mergeable: ClassVar[bool] = False
     identity_at_init: ClassVar[bool] = False
     wraps_any_module: ClassVar[bool] = True
     #: a new set of prompts at every block (VPT-Deep) instead of once at the input (VPT-Shallow)
@@ -70,35 +70,24 @@ class VptConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int(self.num_prompts, "num_prompts")
+        check_int(self.num_prompts, "num_prompts")
         check_probability(self.dropout, "dropout")
 
     def create_shared(self, model: nn.Module, targets: list[str]) -> nn.Module:
-        blocks = getattr(model, "blocks", None)
-        patch_embed = getattr(model, "patch_embed", None)
-        if not isinstance(blocks, nn.Sequential) or patch_embed is None:
-            raise TypeError(
-                f"method {self.name!r} needs a timm VisionTransformer (blocks Sequential and patch_embed); "
-                f"got {type(model).__name__}"
-            )
-        self._prompts = VptPrompts(
-            num_sets=len(blocks) if self.deep else 1,
-            num_prompts=self.num_prompts,
-            dim=model.embed_dim,
-            patch_fan_in=patch_embed.proj.in_channels * math.prod(patch_embed.patch_size),
-            num_prefix_tokens=getattr(model, "num_prefix_tokens", 1),
-        )
-        return self._prompts
+        return self.create_prompts(prompt_geometry(model, self.name, self.deep))
 
-    def create_layer(self, name: str, base: nn.Module) -> nn.Module:
+    def create_prompts(self, geometry: PromptGeometry) -> nn.Module:
+        """The shared module that holds (or generates) the prompts: any module with ``prompts()`` returning
+        ``(sets, p, D)`` and a ``num_prefix_tokens`` attribute. Variants that generate prompts override this."""
+        return VptPrompts(geometry, self.num_prompts)
+
+    def create_layer(self, name: str, base: nn.Module, shared: nn.Module) -> nn.Module:
         if not isinstance(base, nn.Sequential):
             raise TypeError(
                 f"method {self.name!r} wraps the Sequential of transformer blocks ('blocks'); "
                 f"{name!r} is a {type(base).__name__}"
             )
-        if self.deep and len(base) != self._prompts.vpt_prompts.shape[0]:
-            raise ValueError(f"{name!r} has {len(base)} blocks but the model has {self._prompts.vpt_prompts.shape[0]}")
-        return PromptedBlocks(base, self._prompts, self.deep, self.dropout)
+        return PromptedBlocks(base, shared, self.deep, self.dropout)
 
 
 @register_method("vpt_deep")
@@ -109,15 +98,45 @@ class VptDeepConfig(VptConfig):
     deep: ClassVar[bool] = True
 
 
+@dataclass(frozen=True)
+class PromptGeometry:
+    """What prompts depend on in the model: how many sets (1, or one per block), width, the patch's fan-in (for the
+    init) and the number of prefix tokens (cls, registers) the prompts follow."""
+
+    num_sets: int
+    dim: int
+    patch_fan_in: int
+    num_prefix_tokens: int
+
+
+def prompt_geometry(model: nn.Module, method: str, deep: bool) -> PromptGeometry:
+    blocks = getattr(model, "blocks", None)
+    patch_embed = getattr(model, "patch_embed", None)
+    if not isinstance(blocks, nn.Sequential) or patch_embed is None:
+        raise TypeError(
+            f"method {method!r} needs a timm VisionTransformer (blocks Sequential and patch_embed); "
+            f"got {type(model).__name__}"
+        )
+    return PromptGeometry(
+        num_sets=len(blocks) if deep else 1,
+        dim=model.embed_dim,
+        patch_fan_in=patch_embed.proj.in_channels * math.prod(patch_embed.patch_size),
+        num_prefix_tokens=getattr(model, "num_prefix_tokens", 1),
+    )
+
+
 class VptPrompts(nn.Module):
     """The prompt embeddings ``(sets, p, D)``: one set (shallow) or one per block (deep)."""
 
-    def __init__(self, num_sets: int, num_prompts: int, dim: int, patch_fan_in: int, num_prefix_tokens: int) -> None:
+    def __init__(self, geometry: PromptGeometry, num_prompts: int) -> None:
         super().__init__()
-        self.num_prefix_tokens = num_prefix_tokens
-        self.patch_fan_in = patch_fan_in
-        self.vpt_prompts = nn.Parameter(torch.empty(num_sets, num_prompts, dim))
+        self.num_prefix_tokens = geometry.num_prefix_tokens
+        self.patch_fan_in = geometry.patch_fan_in
+        self.vpt_prompts = nn.Parameter(torch.empty(geometry.num_sets, num_prompts, geometry.dim))
         self.reset_parameters()
+
+    def prompts(self) -> Tensor:
+        return self.vpt_prompts
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -130,14 +149,17 @@ class PromptedBlocks(AdapterLayer):
 
     mergeable: ClassVar[bool] = False
 
-    def __init__(self, base_layer: nn.Sequential, prompts: VptPrompts, deep: bool, dropout: float = 0.0) -> None:
+    def __init__(self, base_layer: nn.Sequential, prompts: nn.Module, deep: bool, dropout: float = 0.0) -> None:
         super().__init__(base_layer)
+        sets = prompts.prompts().shape[0]
+        if deep and len(base_layer) != sets:
+            raise ValueError(f"the model has {len(base_layer)} blocks but {sets} prompt sets")
         object.__setattr__(self, "_prompts", prompts)  # owned by model.peft_shared, not registered here
         self.deep = deep
         self.prompt_dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        prompts = self._prompts.vpt_prompts
+        prompts = self._prompts.prompts()
         prefix = self._prompts.num_prefix_tokens
         x = functional.vpt_insert_prompts(x, self.prompt_dropout(prompts[0]), prefix)
         for i, block in enumerate(self.base_layer):
@@ -147,5 +169,5 @@ class PromptedBlocks(AdapterLayer):
         return functional.vpt_remove_prompts(x, prompts.shape[1], prefix)
 
     def extra_repr(self) -> str:
-        sets, length, _ = self._prompts.vpt_prompts.shape
+        sets, length, _ = self._prompts.prompts().shape
         return f"deep={self.deep}, num_prompts={length}, prompt_sets={sets}"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from peftlab.methods.arc import ArcConfig, ArcLayer
-from peftlab.methods.inject import SHARED
+from peftlab.methods.layers import SHARED
 from tests.helpers import (
     ATOL,
     AVERAGE_HEAD,

@@ -8,14 +8,9 @@ import pytest
 import torch
 
 from peftlab.methods import NotMergeableError, get_method, list_methods
-from peftlab.methods.base import AdapterLayer
-from peftlab.methods.inject import (
-    SHARED,
-    head_parameters,
-    load_trainable_state_dict,
-    merge_and_unload,
-    trainable_state_dict,
-)
+from peftlab.methods.inject import head_parameters, merge_and_unload, top_level_adapters
+from peftlab.methods.layers import SHARED, AdapterLayer
+from peftlab.methods.state import load_trainable_state_dict, trainable_state_dict
 from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit
 
 METHODS = list_methods()
@@ -52,7 +47,7 @@ def test_merge_equivalence(name):
     x = images()
     with torch.no_grad():
         expected = model(x)
-    if not get_method(name).mergeable:
+    if not all(layer.mergeable for _, layer in top_level_adapters(model)):
         with pytest.raises(NotMergeableError, match="cannot be merged"):
             merge_and_unload(model)
         return
@@ -126,3 +121,12 @@ def test_every_method_documents_its_paper(name):
     module = inspect.getmodule(get_method(name))
     assert module.__doc__ and len(module.__doc__) > 40, f"{module.__name__} needs a docstring naming the paper"
     assert get_method(name).__doc__, f"{name} config needs a docstring"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_config_keeps_no_state_between_calls(name):
+    """create_shared's result reaches create_layer as an argument, never through the config object."""
+    config = get_method(name)()
+    before = copy.deepcopy(vars(config))
+    config.apply(tiny_vit())
+    assert vars(config) == before, f"{name}: apply() stored {sorted(set(vars(config)) - set(before))} on the config"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from peftlab.methods.fact import FactLayer, FactTKConfig, FactTTConfig
-from peftlab.methods.inject import SHARED
+from peftlab.methods.layers import SHARED
 from tests.helpers import (
     ATOL,
     HEAD_100,

@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from peftlab.methods.base import AdapterLayer, FusedQKV, LinearSlice, MethodConfig, NotMergeableError
-from peftlab.methods.inject import count_parameters, find_targets, inject, merge_and_unload
+from peftlab.methods.base import MethodConfig
+from peftlab.methods.inject import find_targets, inject, merge_and_unload
+from peftlab.methods.layers import SHARED, AdapterLayer, FusedQKV, LinearSlice, NotMergeableError
+from peftlab.methods.state import count_parameters
 from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit
 
 
@@ -34,8 +36,21 @@ class Opaque(AdapterLayer):
 class DeltaConfig(MethodConfig):
     opaque: bool = False
 
-    def create_layer(self, name, base):
+    def create_layer(self, name, base, shared):
         return Opaque(base) if self.opaque else AddDelta(base)
+
+
+@dataclass
+class SharedConfig(MethodConfig):
+    """Records what ``create_layer`` receives, to check that the shared module is passed explicitly."""
+
+    def create_shared(self, model, targets):
+        return nn.ParameterDict({"scale": nn.Parameter(torch.ones(len(targets)))})
+
+    def create_layer(self, name, base, shared):
+        layer = AddDelta(base)
+        layer.received = shared
+        return layer
 
 
 def test_patterns_glob_suffix_regex_and_exclude():
@@ -100,3 +115,18 @@ def test_non_finite_merge_is_refused():
         model.blocks[0].attn.proj.delta[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite"):
         merge_and_unload(model)
+
+
+def test_create_layer_receives_the_shared_module_and_the_config_keeps_no_state():
+    config = SharedConfig(targets=["attn.proj"])
+    before = dict(vars(config))
+    model = inject(tiny_vit(), config)
+    shared = model.get_submodule(SHARED)
+    assert shared["scale"].shape == (2,)
+    assert all(model.blocks[i].attn.proj.received is shared for i in range(2))
+    assert vars(config) == before
+
+
+def test_methods_without_shared_parameters_get_none():
+    model = inject(tiny_vit(), SharedConfig.__bases__[0](targets=[]))
+    assert not hasattr(model, SHARED)

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from peftlab.methods.base import FusedQKV
+from peftlab.methods.layers import FusedQKV
 from peftlab.methods.rlrr import RLRRConfig, RLRRLinear
 from peftlab.methods.ssf import ScaleShift
 from tests.helpers import (

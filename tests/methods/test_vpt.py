@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from peftlab.methods import NotMergeableError
-from peftlab.methods.inject import SHARED, merge_and_unload
+from peftlab.methods.inject import merge_and_unload
+from peftlab.methods.layers import SHARED
 from peftlab.methods.vpt import PromptedBlocks, VptConfig, VptDeepConfig
 from tests.helpers import (
     ATOL,
