@@ -72,8 +72,9 @@ MIB = 2**20
 #: pass/fail thresholds (set for the GPU run; CPU numbers are indicative)
 TARGETS = {
     "train_vs_frozen": ("<=", 1.15, "train step ≤ 1.15× frozen limit"),
-    "train_vs_full": ("<=", 0.8, "train step ≤ 0.8× full fine-tuning"),
+    "train_vs_floor": ("<=", 1.15, "train step ≤ 1.15× its own floor"),
     "memory_vs_full": ("<=", 0.7, "peak memory ≤ 0.7× full fine-tuning"),
+    "ops_vs_frozen": ("<=", 1.5, "dispatched kernel ops ≤ 1.5× the frozen step's"),
     "merged_vs_plain": (">=", 0.98, "merged inference ≥ 0.98× plain timm ViT (within 2%; faster is noise)"),
 }
 
@@ -138,6 +139,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra candidate with non-default options, e.g. hta:compute=weight (repeatable)",
     )
     parser.add_argument("--tag", default=None, help="suffix of the result file names")
+    parser.add_argument(
+        "--block",
+        action="store_true",
+        help="one ViT-B/16 block at batch 16 × 197 tokens (--backbone vit_b16 --depth 1 --batch 16, tag 'block')",
+    )
+    parser.add_argument(
+        "--before",
+        default=None,
+        metavar="GIT_REV",
+        help="also time every method as of this git revision (candidates '<method>@before'), interleaved",
+    )
     parser.add_argument("--no-data", action="store_true", help="skip the data-path comparison")
     parser.add_argument("--data-source-size", type=int, default=128, help="side of the generated JPEGs (px)")
     parser.add_argument("--data-workers", type=int, default=0, help="DataLoader workers of the PIL path")
@@ -209,6 +221,8 @@ class Candidate:
     counts: dict[str, int]
     mergeable: bool | None = None
     merged: nn.Module | None = None
+    flops: dict[str, int] | None = None
+    ops: dict[str, int] | None = None
 
 
 def build_backbone(args: argparse.Namespace) -> nn.Module:
@@ -232,7 +246,8 @@ def make_frozen_limit(model: nn.Module) -> nn.Module:
 
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters only, with the training recipe's decay groups."""
-    return torch.optim.AdamW(parameter_groups(model, 1e-4), lr=1e-4)
+    groups = [g for g in parameter_groups(model, 1e-4) if g["params"]]
+    return torch.optim.AdamW(groups, lr=1e-4)
 
 
 def merged_copy(model: nn.Module) -> nn.Module | None:
@@ -244,16 +259,22 @@ def merged_copy(model: nn.Module) -> nn.Module | None:
 
 
 def build_candidate(
-    name: str, args: argparse.Namespace, device: torch.device, method: str | None = None, options: dict | None = None
+    name: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    method: str | None = None,
+    options: dict | None = None,
+    registry: Any = None,
 ) -> Candidate:
-    """``name`` labels the candidate; ``method`` (default: ``name``) with ``options`` is the registered config."""
+    """``name`` labels the candidate; ``method`` (default: ``name``) with ``options`` is the registered config, taken
+    from ``registry`` (a ``methods`` package; default: the current one) when given (``role`` ``before``)."""
     model = build_backbone(args)
     if name == "frozen":
         make_frozen_limit(model)
     else:
-        get_method(method or name)(**(options or {})).apply(model)
+        (registry.get_method if registry is not None else get_method)(method or name)(**(options or {})).apply(model)
     model.to(device)
-    role = "reference" if name in REFERENCES else "method"
+    role = "reference" if name in REFERENCES else "before" if registry is not None else "method"
     candidate = Candidate(name, role, model, make_optimizer(model), count_parameters(model))
     if role == "method":
         candidate.merged = merged_copy(model)
@@ -439,7 +460,43 @@ def relative_spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
+def floor_and_ops(candidate: Candidate, medians: dict[str, float], frozen: Candidate) -> dict[str, Any]:
+    """The math floor (``step flops / frozen flops`` × the frozen step) and the dispatch cost against the frozen's."""
+    floor = ratio(candidate.flops["step"], candidate.flops["frozen"]) if candidate.flops else None
+    train_vs_frozen = ratio(medians[f"{candidate.name}/train"], medians["frozen/train"])
+    ops, frozen_ops = candidate.ops or {}, frozen.ops or {}
+    return {
+        "flops_step": candidate.flops and candidate.flops["step"],
+        "floor_vs_frozen": floor,
+        "train_vs_floor": ratio(train_vs_frozen, floor),
+        "ops_kernel": ops.get("kernel"),
+        "ops_all": ops.get("all"),
+        "ops_vs_frozen": ratio(ops.get("kernel"), frozen_ops.get("kernel")),
+        "ops_all_vs_frozen": ratio(ops.get("all"), frozen_ops.get("all")),
+    }
+
+
+def before_after(rows: list[dict[str, Any]], revision: str | None) -> list[dict[str, Any]]:
+    """Per method timed both ways: the ratios before (``<method>@before``, code as of ``revision``) and after."""
+    by_name = {row["name"]: row for row in rows}
+    keys = (
+        "train_vs_frozen",
+        "train_vs_full",
+        "train_vs_floor",
+        "memory_vs_full",
+        "ops_vs_frozen",
+        "ops_all_vs_frozen",
+    )
+    return [
+        {"method": name, "revision": revision, **{f"{k}_before": by_name[f"{name}@before"][k] for k in keys}}
+        | {f"{k}_after": row[k] for k in keys}
+        for name, row in by_name.items()
+        if f"{name}@before" in by_name
+    ]
+
+
 def candidate_row(
+    candidates: list[Candidate],
     candidate: Candidate,
     samples: dict[str, list[float]],
     medians: dict[str, float],
@@ -448,6 +505,7 @@ def candidate_row(
     memory_key: str,
 ) -> dict[str, Any]:
     name, batch = candidate.name, args.batch
+    frozen = next(c for c in candidates if c.name == "frozen")
     throughput = {kind: ratio(batch, medians.get(f"{name}/{kind}")) for kind in ("train", "infer", "merged")}
     plain_ips = ratio(batch, medians["plain/infer"])
     infer_ips = throughput["infer"] if candidate.role == "method" else plain_ips
@@ -470,6 +528,7 @@ def candidate_row(
         "infer_vs_plain": ratio(infer_ips, plain_ips),
         "merged_images_per_s": throughput["merged"],
         "merged_vs_plain": ratio(throughput["merged"], plain_ips),
+        **floor_and_ops(candidate, medians, frozen),
     }
     judged = candidate.role == "method" and candidate.mergeable
     row["targets"] = {key: check_target(key, row[key]) if judged else None for key in TARGETS}
@@ -513,7 +572,45 @@ def setup_record(args: argparse.Namespace, device: torch.device, plain: nn.Modul
     }
 
 
+def apply_block_preset(args: argparse.Namespace) -> None:
+    """``--block``: one ViT-B/16 block (plus patch embedding and head) at batch 16 × 197 tokens."""
+    if args.block:
+        args.backbone, args.depth, args.batch, args.image_size = "vit_b16", 1, 16, 224
+        args.tag = args.tag or "block"
+
+
+def dispatch_counts(candidate: Candidate, images: Tensor, labels: Tensor, dtype: str) -> dict[str, int]:
+    """ATen ops of one forward + backward (the optimiser step excluded), counted after one uncounted call."""
+
+    def forward_backward() -> None:
+        candidate.model.train()
+        candidate.optimizer.zero_grad(set_to_none=True)
+        with autocast(images.device, dtype):
+            logits = candidate.model(images)
+        F.cross_entropy(logits.float(), labels).backward()
+
+    forward_backward()
+    with load_sibling("bench_floor").DispatchCounter() as counter:
+        forward_backward()
+    return {"all": counter.all, "kernel": counter.kernel}
+
+
+def build_candidates(args: argparse.Namespace, device: torch.device, methods: list[str]) -> list[Candidate]:
+    candidates = []
+    variants = [(name, name, {}) for name in [*REFERENCES, *methods]] + [parse_variant(v) for v in args.variant]
+    for name, method, options in variants:
+        log(args, f"building {name}")
+        candidates.append(build_candidate(name, args, device, method, options))
+    if args.before:
+        registry = load_sibling("bench_floor").load_before(args.before)
+        for name in methods:
+            log(args, f"building {name}@before ({args.before})")
+            candidates.append(build_candidate(f"{name}@before", args, device, name, registry=registry))
+    return candidates
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    apply_block_preset(args)
     spec = BACKBONES[args.backbone]
     args.image_size = args.image_size or spec.image_size
     args.batch = args.batch or spec.batch
@@ -521,16 +618,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     device = setup_runtime(args)
     images, labels = random_batch(args, device)
     plain = build_backbone(args).to(device).eval()
-    candidates = []
-    variants = [(name, name, {}) for name in [*REFERENCES, *methods]] + [parse_variant(v) for v in args.variant]
-    for name, method, options in variants:
-        log(args, f"building {name}")
-        candidates.append(build_candidate(name, args, device, method, options))
+    candidates = build_candidates(args, device, methods)
     samples = interleaved_samples(timing_tasks(candidates, plain, images, labels, args.dtype), args, device)
     medians = {key: statistics.median(values) for key, values in samples.items()}
     memory = {c.name: memory_profile(c, train_step_fn(c, images, labels, args.dtype), device) for c in candidates}
+    tokens = plain.patch_embed.num_patches + plain.num_prefix_tokens
+    for c in candidates:
+        c.ops = dispatch_counts(c, images, labels, args.dtype)
+        c.flops = load_sibling("bench_floor").step_flops(plain, c.model, c.name, args.batch, tokens)
     memory_key = "cuda_peak_bytes" if device.type == "cuda" else "estimated_bytes"
-    rows = [candidate_row(c, samples, medians, memory, args, memory_key) for c in candidates]
+    rows = [candidate_row(candidates, c, samples, medians, memory, args, memory_key) for c in candidates]
     data = None if args.no_data else data_path_comparison(args)
     report = {
         "kind": "peftlab-bench",
@@ -546,6 +643,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "plain_infer_images_per_s": ratio(args.batch, medians["plain/infer"]),
         "median_relative_spread": statistics.median(relative_spread(v) for v in samples.values()),
         "rows": rows,
+        "before_after": before_after(rows, args.before),
+        "floor": load_sibling("bench_floor").FLOOR_DEFINITION,
         "end_to_end": end_to_end_record(args, data),
         "data": data,
         "samples_s": samples,
@@ -577,13 +676,20 @@ def end_to_end_record(args: argparse.Namespace, data: dict[str, Any] | None) -> 
 # --- data path (experiments/bench_data.py) ---------------------------------------------------------------------------
 
 
-def load_bench_data():
-    """``experiments/bench_data.py`` as a module (this file may be imported from anywhere, e.g. by the tests)."""
-    path = Path(__file__).resolve().with_name("bench_data.py")
-    spec = importlib.util.spec_from_file_location("peftlab_bench_data", path)
+def load_sibling(name: str):
+    """``experiments/<name>.py`` as a module (this file may be imported from anywhere, e.g. by the tests)."""
+    if f"peftlab_{name}" in sys.modules:
+        return sys.modules[f"peftlab_{name}"]
+    path = Path(__file__).resolve().with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"peftlab_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_bench_data():
+    return load_sibling("bench_data")
 
 
 def data_path_comparison(args: argparse.Namespace) -> dict[str, Any]:
@@ -793,15 +899,20 @@ BENCH_HEADER = [
     "trainable",
     "train img/s",
     "×frozen",
+    "floor ×frozen",
+    "×floor",
     "×full",
     "mem MiB",
     "mem ×full",
+    "ops ×frozen",
+    "all ops ×frozen",
     "infer img/s",
     "merged img/s",
     "merged/plain",
     "≤1.15×frozen",
-    "≤0.8×full",
+    "≤1.15×floor",
     "mem≤0.7×full",
+    "ops≤1.5×",
     "merged±2%",
     "task s",
     "all tasks h",
@@ -810,16 +921,20 @@ BENCH_HEADER = [
 
 def bench_table_row(row: dict[str, Any]) -> list[str]:
     targets = row["targets"]
-    reparam = {True: "yes", False: "no", None: "ref"}[row["mergeable"]]
+    reparam = "before" if row["role"] == "before" else {True: "yes", False: "no", None: "ref"}[row["mergeable"]]
     return [
         row["name"],
         reparam,
         f"{row['trainable_params']:,}",
         fmt_rate(row["train_images_per_s"]),
         fmt_ratio(row["train_vs_frozen"]),
+        fmt_ratio(row["floor_vs_frozen"]),
+        fmt_ratio(row["train_vs_floor"]),
         fmt_ratio(row["train_vs_full"]),
         fmt_mib(row["memory_bytes"]),
         fmt_ratio(row["memory_vs_full"]),
+        fmt_ratio(row["ops_vs_frozen"]),
+        fmt_ratio(row["ops_all_vs_frozen"]),
         fmt_rate(row["infer_images_per_s"]),
         fmt_rate(row["merged_images_per_s"]),
         fmt_ratio(row["merged_vs_plain"], 3),
@@ -854,9 +969,36 @@ def bench_markdown(report: dict[str, Any]) -> str:
         f"{e2e['train_size']} images + {e2e['test_size']} test images at the measured train/infer throughput (model "
         f"only); all tasks h: × {e2e['tasks']}.",
     ]
+    lines += [
+        "",
+        f"floor ×frozen: {report['floor']} ×floor = ×frozen / floor ×frozen. ops: ATen ops of one forward + backward "
+        "(optimiser excluded), kernels only (views, transposes, detach excluded); all ops: including those.",
+    ]
+    if report["before_after"]:
+        lines += ["", *before_after_markdown(report["before_after"])]
     if report["data"]:
         lines += ["", *data_markdown(report["data"], e2e)]
     return "\n".join(lines) + "\n"
+
+
+def before_after_markdown(pairs: list[dict[str, Any]]) -> list[str]:
+    keys = [
+        ("train_vs_frozen", "step ×frozen"),
+        ("train_vs_full", "step ×full"),
+        ("train_vs_floor", "step ×floor"),
+        ("memory_vs_full", "mem ×full"),
+        ("ops_vs_frozen", "ops ×frozen"),
+        ("ops_all_vs_frozen", "all ops ×frozen"),
+    ]
+    rows = [
+        [p["method"], *(f"{fmt_ratio(p[f'{k}_before'])} → {fmt_ratio(p[f'{k}_after'])}" for k, _ in keys)]
+        for p in pairs
+    ]
+    return [
+        f"## Before → after (code as of `{pairs[0]['revision']}` vs this tree, timed interleaved in one process)",
+        "",
+        *markdown_table(["method", *(label for _, label in keys)], rows),
+    ]
 
 
 def data_markdown(data: dict[str, Any], e2e: dict[str, Any]) -> list[str]:

@@ -29,6 +29,8 @@ class ClassificationModule(L.LightningModule):
         head_lr_scale: learning-rate multiplier of the classification head (1: the same lr as the rest).
         layer_decay: layer-wise lr decay (e.g. 0.65 for full fine-tuning), or None for one lr over depth.
         label_smoothing: cross-entropy label smoothing.
+        check_finite_every_n_steps: how often the on-device non-finite-loss flag is read on the host (also at every
+            epoch end and before every checkpoint); the loss itself is checked every step without a host sync.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class ClassificationModule(L.LightningModule):
         head_lr_scale: float = 1.0,
         layer_decay: float | None = None,
         label_smoothing: float = 0.0,
+        check_finite_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
         self.model = model
@@ -60,6 +63,9 @@ class ClassificationModule(L.LightningModule):
         self.run_config: dict[str, Any] | None = None  # the resolved training config, saved in checkpoints
         self.best_val_acc: float | None = None
         self.best_val_epoch: int | None = None
+        self.check_finite_every_n_steps = check_finite_every_n_steps
+        self._first_bad: dict[str, torch.Tensor] | None = None  # on device: step and loss of the first non-finite
+        self._step_context: dict[int, tuple[int, float | None]] = {}  # step -> (epoch, lr), since the last check
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -74,7 +80,7 @@ class ClassificationModule(L.LightningModule):
             loss,
             on_step=stage == "train",
             on_epoch=True,
-            prog_bar=stage == "train",
+            prog_bar=False,  # a progress-bar value is read on the host every step (a device sync)
             sync_dist=stage != "train",
         )
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
@@ -82,18 +88,49 @@ class ClassificationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train", self.train_acc)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(self._non_finite_message(loss))
+        self._record_finiteness(loss)
+        if (self.global_step + 1) % self.check_finite_every_n_steps == 0:
+            self.raise_if_non_finite()
         return loss
 
-    def _non_finite_message(self, loss: torch.Tensor) -> str:
-        lrs = [group["lr"] for group in self.trainer.optimizers[0].param_groups] if self.trainer.optimizers else []
+    def _record_finiteness(self, loss: torch.Tensor) -> None:
+        """Remember the first non-finite loss and its step on the device (no host sync); the host keeps the epoch and
+        learning rate of each step until the next check."""
+        if self._first_bad is None:  # python scalars below become kernel arguments, never host-to-device copies
+            self._first_bad = {
+                "step": loss.new_full((), -1, dtype=torch.long),
+                "loss": loss.new_zeros((), dtype=torch.float),
+            }
+        first = self._first_bad
+        is_first = (first["step"] < 0) & ~torch.isfinite(loss.detach())
+        first["step"] = torch.where(is_first, self.global_step, first["step"])
+        first["loss"] = torch.where(is_first, loss.detach().float(), first["loss"])
+        optimizers = self.trainer.optimizers
+        lr = max(group["lr"] for group in optimizers[0].param_groups) if optimizers else None
+        self._step_context[self.global_step] = (self.current_epoch, lr)
+
+    def raise_if_non_finite(self) -> None:
+        """Read the flag (one host sync) and stop with the first non-finite step, its epoch and learning rate."""
+        if self._first_bad is not None:
+            step = int(self._first_bad["step"])
+            if step >= 0:
+                raise FloatingPointError(self._non_finite_message(float(self._first_bad["loss"]), step))
+        self._step_context.clear()
+
+    def _non_finite_message(self, loss: float, step: int) -> str:
+        epoch, lr = self._step_context.get(step, (self.current_epoch, None))
         last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else None
         return (
-            f"non-finite training loss ({loss.item()}) at step {self.global_step} (epoch {self.current_epoch}), "
-            f"learning rate {max(lrs) if lrs else 'n/a'}: training stopped. Lower optim.lr, set "
+            f"non-finite training loss ({loss}) at step {step} (epoch {epoch}), "
+            f"learning rate {'n/a' if lr is None else lr}: training stopped. Lower optim.lr, set "
             f"trainer.gradient_clip_val, or use fp32 precision. The last good checkpoint is kept: {last or 'none yet'}"
         )
+
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_non_finite()
+
+    def on_validation_start(self) -> None:
+        self.raise_if_non_finite()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val", self.val_acc)
@@ -133,6 +170,7 @@ class ClassificationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.raise_if_non_finite()  # never write weights trained after a non-finite loss
         checkpoint["state_dict"] = {PREFIX + k: v for k, v in trainable_state_dict(self.model).items()}
         checkpoint["peftlab"] = {
             "config": self.run_config,

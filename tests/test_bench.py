@@ -43,6 +43,8 @@ def report(bench, tmp_path_factory):
             "--variant",
             "lora:rank=2",
             "--no-data",
+            "--before",
+            "HEAD",
             "--out-dir",
             str(out),
         ]
@@ -58,7 +60,8 @@ def test_writes_markdown_and_json_named_by_device_backbone_dtype(report):
     assert markdown.name == "cpu-vit_tiny-fp32.md" and json_file.name == "cpu-vit_tiny-fp32.json"
     assert markdown.read_text() == report["markdown"]
     stored = json.loads(json_file.read_text())
-    assert [row["name"] for row in stored["rows"]] == ["frozen", "full", *METHODS, VARIANT]
+    before = [f"{m}@before" for m in METHODS]
+    assert [row["name"] for row in stored["rows"]] == ["frozen", "full", *METHODS, VARIANT, *before]
     setup = stored["setup"]
     for key in ("device", "device_name", "dtype", "batch", "image_size", "repeats", "warmup", "torch_threads"):
         assert key in setup
@@ -68,10 +71,10 @@ def test_writes_markdown_and_json_named_by_device_backbone_dtype(report):
 
 
 def test_markdown_has_one_table_row_per_candidate_with_the_target_columns(report, bench):
-    lines = report["markdown"].splitlines()
+    lines = report["markdown"].split("## Before")[0].splitlines()  # the main table (the pairs table follows)
     header = next(line for line in lines if line.startswith("| method |"))
     assert header == "| " + " | ".join(bench.BENCH_HEADER) + " |"
-    for name in ("frozen", "full", *METHODS, VARIANT):
+    for name in ("frozen", "full", *METHODS, VARIANT, *(f"{m}@before" for m in METHODS)):
         assert sum(line.startswith(f"| {name} |") for line in lines) == 1
 
 
@@ -104,7 +107,13 @@ def test_merged_inference_only_for_mergeable_methods(report):
     assert lora["mergeable"] is True and adapter["mergeable"] is False
     assert lora["merged_vs_plain"] == pytest.approx(lora["merged_images_per_s"] / report["plain_infer_images_per_s"])
     assert adapter["merged_images_per_s"] is None and adapter["merged_vs_plain"] is None
-    assert set(lora["targets"]) == {"train_vs_frozen", "train_vs_full", "memory_vs_full", "merged_vs_plain"}
+    assert set(lora["targets"]) == {
+        "train_vs_frozen",
+        "train_vs_floor",
+        "memory_vs_full",
+        "ops_vs_frozen",
+        "merged_vs_plain",
+    }
     assert all(isinstance(v, bool) for v in lora["targets"].values())
     assert all(v is None for v in adapter["targets"].values())
     assert all(v is None for v in rows["full"]["targets"].values())
@@ -182,3 +191,26 @@ def test_frozen_limit_trains_only_the_head_but_needs_every_activation_gradient(b
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert seen["first_block"].requires_grad
     assert all(p.grad is None for name, p in model.named_parameters() if name not in trainable)
+
+
+def test_floor_and_dispatch_columns_come_from_the_math_and_the_counts(report):
+    rows = rows_by_name(report)
+    frozen = rows["frozen"]
+    assert frozen["floor_vs_frozen"] == 1.0 and frozen["ops_vs_frozen"] == 1.0
+    assert rows["full"]["floor_vs_frozen"] > rows["lora"]["floor_vs_frozen"] > 1.0
+    for row in report["rows"]:
+        assert row["train_vs_floor"] == pytest.approx(row["train_vs_frozen"] / row["floor_vs_frozen"])
+        assert row["ops_vs_frozen"] == pytest.approx(row["ops_kernel"] / frozen["ops_kernel"])
+        assert 0 < row["ops_kernel"] < row["ops_all"]
+
+
+def test_before_candidates_run_the_old_code_and_pair_with_the_new(report):
+    rows = rows_by_name(report)
+    assert rows["lora@before"]["role"] == "before"
+    assert rows["lora@before"]["trainable_params"] == rows["lora"]["trainable_params"]
+    assert type(sys.modules["peftlab_before.methods.lora"].LoraLayer).__module__ != "peftlab.methods.lora"
+    pairs = {pair["method"]: pair for pair in report["before_after"]}
+    assert set(pairs) == set(METHODS)
+    assert pairs["lora"]["train_vs_frozen_after"] == rows["lora"]["train_vs_frozen"]
+    assert pairs["lora"]["train_vs_frozen_before"] == rows["lora@before"]["train_vs_frozen"]
+    assert "## Before → after" in report["markdown"]

@@ -41,7 +41,8 @@ from torch import Tensor, nn
 
 from peftlab.methods import register_method
 from peftlab.methods.base import MethodConfig, check_bool, check_choice, check_int
-from peftlab.methods.functional import ao_basis, aoft_update, at_least_float32
+from peftlab.methods.functional import ao_basis, at_least_float32
+from peftlab.methods.fused import low_rank_linear, qkv_low_rank
 from peftlab.methods.layers import AdapterLayer, LinearSlice
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
@@ -101,14 +102,36 @@ class AOFTLinear(_AOFTLayer):
         dims = base_layer.in_features, base_layer.out_features
         super().__init__(base_layer, *dims, rank, use_scale, device=weight.device, dtype=weight.dtype)
 
+    def low_rank_factors(self) -> tuple[Tensor, Tensor, None]:
+        """``(down, up, None)`` with ``x ΔWᵀ = (x downᵀ) upᵀ``: ``down = (AO(q_down) diag(λ))ᵀ``, ``up = AO(q_up)``."""
+        down, scale, up = self.projections(torch.promote_types(self.aoft_q_down.dtype, torch.float32))
+        return (down * scale).T, up, None
+
     def merged_weight(self) -> Tensor:
         weight = self.base_layer.weight
-        eye = at_least_float32(torch.eye(weight.shape[1], device=weight.device, dtype=weight.dtype))
-        return weight + aoft_update(eye, *self.projections(eye.dtype)).T.to(weight.dtype)
+        down, up, _ = self.low_rank_factors()
+        return torch.addmm(weight.to(down.dtype), up, down).to(weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.base_layer(x)
-        return out + aoft_update(x, *self.projections(out.dtype))
+        return low_rank_linear(x, self.base_layer.weight, self.base_layer.bias, *self.low_rank_factors()[:2])
+
+    @staticmethod
+    def qkv_forward(fused: nn.Linear, parts: list[AOFTLinear | None], x: Tensor) -> Tensor:
+        """q/k/v blocks of a fused qkv: every generator of the adapted blocks built in one batched pass, then one base
+        GEMM plus one low-rank ``addmm``."""
+        adapted = [p for p in parts if p is not None]
+        vectors = torch.stack([q for p in adapted for q in (p.aoft_q_down, p.aoft_q_up)])
+        with torch.autocast(device_type=vectors.device.type, enabled=False):
+            bases = ao_basis(at_least_float32(vectors), adapted[0].rank)
+        factors, index = [], 0
+        for part in parts:
+            if part is None:
+                factors.append(None)
+                continue
+            scale = at_least_float32(part.aoft_scale)
+            factors.append(((bases[index] * scale).T, bases[index + 1], None))
+            index += 2
+        return qkv_low_rank(x, fused.weight, fused.bias, factors)
 
 
 class AOFTAdapter(_AOFTLayer):

@@ -76,6 +76,10 @@ class DoraLayer(LoraLayer):
         """``m = ‖W₀‖_c``, so that ``W' = W₀`` while ``B = 0``."""
         self.dora_magnitude.copy_(functional.dora_norm(self.base_layer.weight))
 
+    def low_rank_factors(self) -> None:
+        """DoRA rescales the whole output, so it has no plain low-rank form (no one-GEMM qkv path)."""
+        return None
+
     def magnitude_scale(self) -> Tensor:
         weight = self.base_layer.weight
         delta = self.delta_weight().to(weight.dtype)

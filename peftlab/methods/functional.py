@@ -76,7 +76,8 @@ def hta_update(
     """``x ΔW`` for HTA's Eq. 6 ``X (W + W_down W_up + W_HTA)``: the Householder term plus the optional low-rank term.
 
     ``down ∈ R^{in×r}`` and ``up ∈ R^{r×out}`` are in the paper's layout. For PyTorch's ``y = x Wᵀ`` the weight change
-    is the transpose, ``ΔW_torch = hta_update(I_in, ...)ᵀ``.
+    is the transpose, ``ΔW_torch = hta_update(I_in, ...)ᵀ``. This is the plain formula (two Householder passes);
+    :func:`hta_factors` gives the same update in closed form.
     """
     out = hta_transform(x, v_left, diag, v_right, normalize)
     if down is not None:
@@ -84,22 +85,63 @@ def hta_update(
     return out
 
 
+def householder_vector(v: Tensor, normalize: bool) -> Tensor:
+    """The ``v`` of ``H = I − v vᵀ``: as given (Eq. 3) or scaled to ``‖v‖² = 2`` (the textbook reflection)."""
+    return v * torch.rsqrt(v.square().sum(-1, keepdim=True).clamp_min(1e-12) / 2) if normalize else v
+
+
+def hta_factors(
+    v_left: Tensor,
+    diag: Tensor,
+    v_right: Tensor,
+    down: Tensor | None = None,
+    up: Tensor | None = None,
+    normalize: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """HTA's Eq. 6 update in closed form: ``ΔW = D + V Uᵀ`` (paper layout ``in×out``, ``D`` the rectangular diagonal
+    of ``d``), returned as ``(Vᵀ, U)`` of rank ``2 + r``.
+
+    Expanding ``H_l D H_r = (I − v_l v_lᵀ) D (I − v_r v_rᵀ)`` with ``a = Dᵀ v_l``, ``b = D v_r`` and
+    ``c = v_lᵀ D v_r`` gives ``D − v_l (a − c v_r)ᵀ − b v_rᵀ``; the low-rank term adds ``W_down W_up``. So
+    ``x ΔW = pad(x[:, :m] ⊙ d) + (x V) Uᵀ`` and, in PyTorch's layout, ``ΔW_torch = Dᵀ + U Vᵀ``: no D×D product.
+    Batched over leading dimensions (the q, k and v blocks of a fused qkv in one pass).
+    """
+    v_left, v_right = householder_vector(v_left, normalize), householder_vector(v_right, normalize)
+    m = diag.shape[-1]
+    a = F.pad(v_left[..., :m] * diag, (0, v_right.shape[-1] - m))
+    b = F.pad(diag * v_right[..., :m], (0, v_left.shape[-1] - m))
+    c = (a * v_right).sum(-1, keepdim=True)
+    v_t = torch.stack([v_left, b], dim=-2)
+    u = torch.stack([c * v_right - a, -v_right], dim=-1)
+    if down is not None:
+        v_t, u = torch.cat([v_t, down.transpose(-1, -2)], dim=-2), torch.cat([u, up.transpose(-1, -2)], dim=-1)
+    return v_t, u
+
+
+def rectangular_diagonal(diag: Tensor, rows: int, cols: int) -> Tensor:
+    """A ``rows×cols`` matrix with ``diag`` on its main diagonal."""
+    square = torch.diag(diag)
+    return F.pad(square, (0, cols - diag.numel(), 0, rows - diag.numel()))
+
+
 def ao_basis(q: Tensor, rank: int, eps: float = 1e-4) -> Tensor:
     """AOFT's generator (Yang et al., ICCV 2025): the first ``rank`` columns of ``Q(q)`` built from one vector ``q``.
 
     With ``q = (q_0, u)``, ``Q = [[q_0, -uᵀ], [u, I - u uᵀ / (1 + q_0)]]``, which is exactly orthogonal when ``‖q‖ = 1``
     and approximately so otherwise (the norm is deliberately not enforced). Column 0 is ``q``; column ``j >= 1`` is
-    ``(-q_j; e_j - u q_j / (1 + q_0))``, so the ``D×rank`` result costs O(D·rank) and ``Q`` is never built.
-    ``|1 + q_0|`` is kept at least ``eps`` (sign preserved) so the division stays finite. Only secondary summaries of
-    the paper were available, so no equation number is cited; column 0 = ``q`` is a reconstruction.
+    ``e_j − q_j z`` with ``z = (1, u / (1 + q_0))``, so the ``D×rank`` result costs O(D·rank) and ``Q`` is never built.
+    ``|1 + q_0|`` is kept at least ``eps`` (sign preserved) so the division stays finite. Batched over leading
+    dimensions of ``q`` (``(..., D)`` -> ``(..., D, rank)``), so that all generators of a layer are built in one pass.
+    Only secondary summaries of the paper were available, so no equation number is cited; column 0 = ``q`` is a
+    reconstruction.
     """
-    q0, u = q[0], q[1:]
-    denom = 1 + q0
-    denom = torch.where(denom < 0, -1.0, 1.0) * denom.abs().clamp_min(eps)
-    picked = u[: rank - 1]
-    top = torch.cat([q0.view(1), -picked])
-    lower = torch.eye(u.numel(), rank - 1, dtype=q.dtype, device=q.device) - torch.outer(u, picked) / denom
-    return torch.cat([top.view(1, -1), torch.cat([u.view(-1, 1), lower], dim=1)], dim=0)
+    eye = torch.eye(q.shape[-1], rank, dtype=q.dtype, device=q.device)
+    q0 = q[..., :1]
+    shifted = q0 + 1
+    denom = torch.copysign(shifted.abs().clamp_min(eps), shifted)
+    z = torch.addcdiv(eye[:, 0], q - q0 * eye[:, 0], denom)  # (1, u / (1 + q_0))
+    columns = eye[:, 1:] - z.unsqueeze(-1) * q[..., 1:rank].unsqueeze(-2)
+    return torch.cat([q.unsqueeze(-1), columns], dim=-1)
 
 
 def aoft_update(x: Tensor, basis_down: Tensor, scale: Tensor, basis_up: Tensor) -> Tensor:
@@ -186,6 +228,15 @@ def rotate_input_blocks(weight: Tensor, rotation: Tensor) -> Tensor:
     blocks, size, _ = rotation.shape
     rotated = torch.einsum("onb,ncb->onc", weight.reshape(out_features, blocks, size), rotation)
     return rotated.reshape(out_features, in_features)
+
+
+def rotate_input(x: Tensor, rotation: Tensor) -> Tensor:
+    """OFT on activations: ``x R`` with ``R = diag(R_1, …, R_n)``, so ``F.linear(x R, W) = F.linear(x, W Rᵀ)``
+    (:func:`rotate_input_blocks`). ``rotation`` ``(n, b, b)`` is cast to ``x``'s dtype (the autocast dtype applies to
+    the GEMM that follows)."""
+    blocks, size, _ = rotation.shape
+    rotated = torch.einsum("...nc,ncb->...nb", x.unflatten(-1, (blocks, size)), rotation.to(x.dtype))
+    return rotated.flatten(-2)
 
 
 # --- Baselines: bottleneck adapters, VPT, FacT, ARC ------------------------------------------------------------------

@@ -19,12 +19,16 @@ Choices (the paper leaves them open):
   ``kaiming_uniform_(a=√5)``); ``v ~ N(0, 2/D)`` so ``‖v‖² ≈ 2`` and each ``H`` starts close to an orthogonal
   reflection, the property that motivates the paper (a zero ``v`` would never get a gradient: ``H`` is quadratic in
   ``v``). While ``d = 0`` the ``v`` vectors get no gradient; ``d`` moves at the first step and releases them.
-* ``compute: weight`` (default) builds ``W + ΔW`` once per step and runs one GEMM (its backward adds the
-  weight-gradient GEMM); ``compute: activation`` applies ``H`` as ``x - (x v) vᵀ`` in O(N·D) and never builds a D×D
-  matrix. Measured side by side (``experiments/bench.py --micro``, CPU, batch 64 × 197 tokens, forward + backward of
-  one ViT-B layer) the weight form takes 0.49× (768→768) of the activation form's time, and the whole network trains
-  at 1.38× instead of 1.69× the frozen-backbone step: the activation form's element-wise passes over N×D tensors cost
-  more than the extra GEMM. GPU not yet measured. The Householder terms run in float32 even under autocast.
+* Closed form: expanding ``H(v_l) D H(v_r)`` gives ``ΔW = D + V Uᵀ`` with ``V, U`` of rank ``2 + r``
+  (:func:`~peftlab.methods.functional.hta_factors`), so no D×D product and no identity matrix is ever pushed
+  through the Householder code. ``compute: activation`` (default) applies it to the activations,
+  ``x Wᵀ + b + (x V) Uᵀ + x ⊙ d`` (one base GEMM, a rank-``2 + r`` ``addmm``, one ``addcmul``; on timm's fused qkv all
+  three blocks share one base GEMM); autograd keeps only ``x`` and the ``N × (2 + r)`` projection, no N×D
+  intermediate. ``compute: weight`` builds ``W + ΔW`` once per step and runs one GEMM, whose backward adds the
+  weight-gradient GEMM. Measured side by side (``make bench``, CPU, one ViT-B/16 block at batch 16 × 197 tokens,
+  interleaved medians) the activation form trains at 0.96× and the weight form at 1.00× the frozen-backbone step, so
+  activation is the default; the factors are built in float32 even under autocast (the branch GEMMs then run in the
+  autocast dtype like every other linear).
 
 Mergeable (``W + ΔW``): zero inference overhead. Trainable parameters on ViT-B/16, head excluded: 184,320.
 """
@@ -35,11 +39,13 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.methods import register_method
 from peftlab.methods.base import MethodConfig, check_bool, check_choice, check_int
-from peftlab.methods.functional import at_least_float32, hta_update
+from peftlab.methods.functional import at_least_float32, hta_factors, rectangular_diagonal
+from peftlab.methods.fused import low_rank_linear, qkv_low_rank
 from peftlab.methods.layers import AdapterLayer, LinearSlice
 
 COMPUTE_FORMS = ("activation", "weight")
@@ -55,7 +61,7 @@ class HTALinear(AdapterLayer):
         compute: ``activation`` (apply the update to the activations) or ``weight`` (build ``W + ΔW``).
     """
 
-    def __init__(self, base_layer: nn.Module, rank: int = 1, normalize: bool = False, compute: str = "weight"):
+    def __init__(self, base_layer: nn.Module, rank: int = 1, normalize: bool = False, compute: str = "activation"):
         super().__init__(base_layer)
         self.normalize, self.compute = normalize, compute
         dim_in, dim_out = base_layer.in_features, base_layer.out_features
@@ -76,20 +82,37 @@ class HTALinear(AdapterLayer):
             nn.init.uniform_(self.hta_down, -bound, bound)
             nn.init.zeros_(self.hta_up)
 
-    def _update(self, x: Tensor) -> Tensor:
-        """``x (W_down W_up + W_HTA)`` in the paper's layout, computed in float32 even under autocast."""
+    def factors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(Vᵀ, U, d)`` of the closed form ``ΔW_torch = Dᵀ + U Vᵀ`` (:func:`hta_factors`), built in float32 even
+        under autocast (and in float64 when the parameters are)."""
         low_rank = (self.hta_down, self.hta_up) if self.hta_down is not None else (None, None)
         params = [
             p if p is None else at_least_float32(p)
             for p in (self.hta_v_left, self.hta_diag, self.hta_v_right, *low_rank)
         ]
+        with torch.autocast(device_type=self.hta_diag.device.type, enabled=False):
+            return (*hta_factors(*params, normalize=self.normalize), params[1])
+
+    def low_rank_factors(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(down, up, d)`` with ``x ΔWᵀ = (x downᵀ) upᵀ + x ⊙ d`` for the fused qkv path (activation form only)."""
+        return self.factors() if self.compute == "activation" else None
+
+    def _update(self, x: Tensor) -> Tensor:
+        """``x (W_down W_up + W_HTA)`` in the paper's layout, computed in float32 even under autocast."""
+        down, up, diag = self.factors()
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return hta_update(at_least_float32(x), *params, normalize=self.normalize)
+            x = at_least_float32(x)
+            out = F.linear(F.linear(x, down), up)
+            m = diag.numel()
+            return out + F.pad(x[..., :m] * diag, (0, out.shape[-1] - m))
 
     def delta_weight(self) -> Tensor:
-        """``ΔW`` in PyTorch's ``out×in`` layout."""
-        eye = torch.eye(self.base_layer.in_features, device=self.hta_diag.device, dtype=self.hta_diag.dtype)
-        return self._update(eye).T.to(self.base_layer.weight.dtype)
+        """``ΔW`` in PyTorch's ``out×in`` layout, ``Dᵀ + U Vᵀ`` in closed form."""
+        down, up, diag = self.factors()
+        dim_in, dim_out = self.base_layer.in_features, self.base_layer.out_features
+        with torch.autocast(device_type=diag.device.type, enabled=False):
+            delta = torch.addmm(rectangular_diagonal(diag, dim_out, dim_in), up, down)
+        return delta.to(self.base_layer.weight.dtype)
 
     def merged_weight(self) -> Tensor:
         return self.base_layer.weight + self.delta_weight()
@@ -101,8 +124,26 @@ class HTALinear(AdapterLayer):
     def forward(self, x: Tensor) -> Tensor:
         if self.compute == "weight":
             return super().forward(x)
-        out = self.base_layer(x)
-        return out + self._update(x).to(out.dtype)
+        return low_rank_linear(x, self.base_layer.weight, self.base_layer.bias, *self.factors())
+
+    @staticmethod
+    def qkv_forward(fused: nn.Linear, parts: list[HTALinear | None], x: Tensor) -> Tensor | None:
+        """Activation form on a fused qkv: the closed-form factors of all adapted blocks in one batched pass, then one
+        base GEMM plus one low-rank ``addmm`` and one diagonal ``addcmul``."""
+        adapted = [p for p in parts if p is not None]
+        if adapted[0].compute != "activation" or len({(p.normalize, p.hta_down is None) for p in adapted}) > 1:
+            return None
+        names = ["hta_v_left", "hta_diag", "hta_v_right"] + (
+            [] if adapted[0].hta_down is None else ["hta_down", "hta_up"]
+        )
+        stacked = [at_least_float32(torch.stack([getattr(p, n) for p in adapted])) for n in names]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            downs, ups = hta_factors(*stacked[:3], *stacked[3:], normalize=adapted[0].normalize)
+        diags, index, factors = stacked[1], 0, []
+        for part in parts:
+            factors.append(None if part is None else (downs[index], ups[index], diags[index]))
+            index += part is not None
+        return qkv_low_rank(x, fused.weight, fused.bias, factors)
 
 
 @register_method("hta")
@@ -119,7 +160,7 @@ class HTAConfig(MethodConfig):
     targets: list[str] = field(default_factory=lambda: ["attn.q", "attn.k", "attn.v", "attn.proj"])
     rank: int = 1
     normalize: bool = False
-    compute: str = "weight"
+    compute: str = "activation"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -150,9 +150,20 @@ class FusedQKV(AdapterLayer):
         return torch.cat([zeros if b is None else b for b in biases])
 
     def forward(self, x: Tensor) -> Tensor:
+        fused = self._qkv_forward(x)
+        if fused is not None:
+            return fused
         if self.single_gemm:
             return F.linear(x, self.merged_weight(), self.merged_bias())
         return torch.cat([part(x) for part in self.parts.values()], dim=-1)
+
+    def _qkv_forward(self, x: Tensor) -> Tensor | None:
+        """The adapted parts' own fused kernel over the whole qkv (``qkv_forward(fused, parts, x)`` on their class,
+        parts None where unadapted), when they share one class that has it; None otherwise."""
+        parts = [None if isinstance(p, LinearSlice) else p for p in self.parts.values()]
+        kinds = {type(p) for p in parts if p is not None}
+        kernel = getattr(kinds.pop(), "qkv_forward", None) if len(kinds) == 1 else None
+        return None if kernel is None else kernel(self.base_layer, parts, x)
 
 
 def _uses_merged_weight(part: nn.Module) -> bool:

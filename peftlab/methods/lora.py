@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
 from peftlab.methods.base import MethodConfig, check_int, check_linear, check_positive, check_probability
+from peftlab.methods.fused import low_rank_linear, qkv_low_rank_forward
 from peftlab.methods.layers import AdapterLayer
 
 
@@ -83,8 +84,19 @@ class LoraLayer(AdapterLayer):
         weight = self.base_layer.weight
         return weight + self.delta_weight().to(weight.dtype)
 
+    def low_rank_factors(self) -> tuple[Tensor, Tensor, None] | None:
+        """``(A, (α/r)·B, None)`` for the one-GEMM paths, or None while dropout acts on the branch input."""
+        if self.training and isinstance(self.lora_dropout, nn.Dropout):
+            return None
+        return self.lora_a, self.lora_b if self.scale == 1 else self.lora_b * self.scale, None
+
     def forward(self, x: Tensor) -> Tensor:
+        factors = self.low_rank_factors()
+        if factors is not None:
+            return low_rank_linear(x, self.base_layer.weight, self.base_layer.bias, *factors[:2])
         return self.base_layer(x) + functional.lora(self.lora_dropout(x), self.lora_a, self.lora_b, self.scale)
+
+    qkv_forward = staticmethod(qkv_low_rank_forward)
 
     def extra_repr(self) -> str:
         return f"rank={self.lora_a.shape[0]}, scale={self.scale:g}"

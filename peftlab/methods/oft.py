@@ -17,8 +17,10 @@ Choices:
     * Size the blocks with ``block_size`` or with ``r`` (number of blocks), not both; either must divide the input
       width of every target.
     * The bias is kept frozen and unrotated (R acts on the weight only).
-    * The Cayley transform is computed in float32 with ``torch.linalg.solve`` and autocast disabled; the weight
-      ``W Rᵀ`` is built once per step (cheaper than rotating every token's input).
+    * The Cayley transform is computed in float32 with ``torch.linalg.solve`` and autocast disabled.
+    * Training applies ``R`` to the input, ``y = (x R) Wᵀ + b`` (O(N·D·b) per layer): the gradient of ``R`` needs
+      only the input-gradient GEMM that a frozen layer computes anyway, while the weight form ``W Rᵀ`` would need the
+      weight-gradient GEMM ``gᵀx`` as well. Merging builds ``W Rᵀ`` once.
     * Not implemented: COFT (the constrained variant), multiplicative block dropout, BOFT (butterfly factorisation),
       the Cayley–Neumann approximation of OFTv2.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
@@ -101,6 +104,11 @@ class OftLayer(AdapterLayer):
     def merged_weight(self) -> Tensor:
         weight = self.base_layer.weight
         return functional.rotate_input_blocks(weight, self.rotation().to(weight.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(x R) Wᵀ + b``: the rotation acts on the input, so backward needs only the input-gradient GEMM."""
+        rotated = functional.rotate_input(x, self.rotation())
+        return F.linear(rotated, self.base_layer.weight, self.base_layer.bias)
 
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}, num_blocks={self.oft_skew.shape[0]}"

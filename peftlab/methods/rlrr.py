@@ -16,9 +16,11 @@ Choices:
 * Init exactly as the official code: ``s_in ~ U(±√(6/in))`` and ``s_out ~ U(±√6)`` (``kaiming_uniform_`` on the
   ``1×in`` and ``out×1`` tensors), ``f = 0``, SSF ``γ ~ N(1, 0.02)``, ``β ~ N(0, 0.02)``; so RLRR is *not* the
   pretrained function at init.
-* Forward builds ``W'`` once per call and runs one GEMM (as the official code). Per adapted linear this costs one
-  ``out×in`` elementwise product forward and, backward, the weight-gradient GEMM ``gᵀx`` that the ``s`` vectors need.
-  The activation-side form ``x Wᵀ + s_out ⊙ ((x ⊙ s_in) Wᵀ)`` needs a second GEMM both forward and backward, so it is
+* Forward builds ``W'`` once per call and runs one GEMM (as the official code), in one fused autograd function
+  (:class:`~peftlab.methods.fused.RescaledLinearFunction`) that does not keep ``W'``: backward rebuilds it for the
+  input gradient, computes the weight-gradient GEMM ``G = gᵀx`` once and both scale gradients from ``G ⊙ W`` by two
+  matrix-vector products. q, k and v run as one GEMM on the ``(3, D, D)`` view of timm's fused weight. The
+  activation-side form ``x Wᵀ + s_out ⊙ ((x ⊙ s_in) Wᵀ)`` needs a second GEMM both forward and backward, so it is
   not offered.
 * The patch-embedding SSF wraps the conv (it acts on patch tokens only, before the cls token and position embeddings
   are added, as in the official code) and folds into the conv on merge.
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 from peftlab.methods import register_method
 from peftlab.methods.base import MethodConfig
 from peftlab.methods.functional import rlrr_weight
+from peftlab.methods.fused import rescaled_linear
 from peftlab.methods.layers import AdapterLayer, LinearSlice, base_bias
 from peftlab.methods.ssf import ScaleShift
 
@@ -78,6 +81,21 @@ class RLRRLinear(AdapterLayer):
     def merged_bias(self) -> Tensor:
         bias = base_bias(self.base_layer)
         return self.rlrr_shift if bias is None else bias + self.rlrr_shift
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.base_layer.weight
+        return rescaled_linear(x, weight, self.rlrr_scale_out, self.rlrr_scale_in, self.merged_bias())
+
+    @staticmethod
+    def qkv_forward(fused: nn.Linear, parts: list[RLRRLinear | None], x: Tensor) -> Tensor | None:
+        """q, k and v rescaled on the ``(3, D, D)`` view of the fused weight in one GEMM (all three adapted)."""
+        if any(part is None for part in parts):
+            return None
+        scale_out = torch.cat([p.rlrr_scale_out for p in parts])
+        scale_in = torch.stack([p.rlrr_scale_in for p in parts])
+        shift = torch.cat([p.rlrr_shift for p in parts])
+        bias = shift if fused.bias is None else fused.bias + shift
+        return rescaled_linear(x, fused.weight, scale_out, scale_in, bias)
 
 
 @register_method("rlrr")

@@ -5,6 +5,11 @@ every operation of the ViT, as in the official ``ssf_ada`` placement: the patch-
 attention projection, fc1, fc2, both LayerNorms of every block and the final LayerNorm.
 :class:`ScaleShift` is also the SSF part of RLRR.
 
+Training cost: after a LayerNorm the scale/shift is folded into the norm's affine parameters (no extra pass); after a
+Linear or the patch conv it runs as :class:`~peftlab.methods.fused.ScaleShiftFunction`, which saves its output (kept
+by the next op anyway) and recomputes the pre-scale activation ``(y − β) / γ`` in backward, so SSF keeps no
+activation of its own.
+
 Init as the official ``init_ssf_scale_shift``: ``γ ~ N(1, 0.02)``, ``β ~ N(0, 0.02)``, so SSF does *not* start exactly
 at the pretrained function. The scale/shift folds into the preceding op (``γ ⊙ W`` per output channel,
 ``γ ⊙ b + β``; for a LayerNorm into its affine weight and bias): zero inference overhead after merging.
@@ -20,9 +25,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from peftlab.methods import register_method
+from peftlab.methods import fused, register_method
 from peftlab.methods.base import MethodConfig
-from peftlab.methods.functional import fold_scale_shift, scale_shift
+from peftlab.methods.functional import fold_scale_shift
 from peftlab.methods.layers import AdapterLayer, base_bias, out_features
 
 #: every op of a timm ViT that SSF follows; ``re:norm`` is the final norm only (``.norm`` would also match the
@@ -65,7 +70,9 @@ class ScaleShift(AdapterLayer):
         return self._folded()[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        return scale_shift(self.base_layer(x), self.ssf_scale, self.ssf_shift, dim=self.channel_dim)
+        if isinstance(self.base_layer, nn.LayerNorm) and self.mergeable:
+            return super().forward(x)  # folded into the affine: no extra pass, no extra activation
+        return fused.scale_shift(self.base_layer(x), self.ssf_scale, self.ssf_shift, dim=self.channel_dim)
 
 
 @register_method("ssf")

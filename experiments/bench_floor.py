@@ -1,0 +1,196 @@
+"""The floor of a training step derived from the math, the dispatch cost of a step, and the pre-change code path.
+
+* :func:`step_flops`: the GEMM FLOPs a training step of an adapted timm ViT needs forward and backward, from the
+  layer shapes and each method's equation, never from a measurement. The frozen step needs, per linear, the forward
+  GEMM and the input-gradient GEMM (``4·N·in·out``) plus attention (``12·B·T²·D`` per block); a method adds only what
+  its own math requires: the weight-gradient GEMM ``2·N·in·out`` where the update is weight-shaped (full fine-tuning,
+  RLRR, HTA's weight form), ``6·N·r·(in+out)`` for a rank-``r`` branch (LoRA, AOFT, HTA's activation form with rank
+  ``2 + r``, adapters, ARC, FacT), ``6·N·in·b`` for OFT's input-side block rotation, extra tokens for VPT, and nothing
+  for the O(N·D) element-wise methods (SSF, BitFit). The floor of a step is ``frozen step × flops / frozen flops``.
+* :class:`DispatchCounter`: the ATen ops a forward + backward dispatches (a ``TorchDispatchMode``): exact and
+  independent of machine load. ``kernel`` excludes metadata-only ops (views, transposes, detach), ``all`` includes
+  them. The optimiser step is excluded (one fused/foreach kernel per group on a GPU).
+* :func:`load_before`: a git revision's ``peftlab`` package imported as ``peftlab_before``, so the code before a change
+  is timed in the same process and interleaved with the code after it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import Counter
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+REPO = Path(__file__).resolve().parent.parent
+FLOOR_DEFINITION = (
+    "GEMM FLOPs of a step from the layer shapes and the method's equation (frozen: forward + input-gradient GEMM per "
+    "linear and attention; + weight-gradient GEMM where the update is weight-shaped: full, RLRR, HTA weight form; "
+    "+ 6·N·r·(in+out) per rank-r branch: LoRA, AOFT, HTA activation form (rank 2 + r), adapters, ARC, FacT; "
+    "+ 6·N·in·b for OFT's input-side rotation; + prompt tokens for VPT; O(N·D) element-wise work not counted), "
+    "over the frozen step's."
+)
+METADATA_OPS = frozenset(
+    "view _unsafe_view t transpose permute expand slice select unsqueeze squeeze detach alias as_strided unflatten "
+    "reshape split split_with_sizes unbind chunk narrow diagonal promote_types".split()
+)
+
+
+# --- dispatch cost ---------------------------------------------------------------------------------------------------
+
+
+class DispatchCounter(TorchDispatchMode):
+    """Counts every ATen op dispatched inside the context (forward and the backward it triggers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def all(self) -> int:
+        return sum(self.ops.values())
+
+    @property
+    def kernel(self) -> int:
+        return sum(n for name, n in self.ops.items() if name not in METADATA_OPS)
+
+
+# --- the floor -------------------------------------------------------------------------------------------------------
+
+
+def _linear_shape(layer: nn.Module) -> tuple[int, int]:
+    base = getattr(layer, "base_layer", layer)
+    return base.in_features, base.out_features
+
+
+def low_rank_flops(rows: int, dim_in: int, dim_out: int, rank: int) -> int:
+    """A rank-``r`` branch ``(x Aᵀ) Bᵀ``: forward, input gradient and both factor gradients (3 × the forward)."""
+    return 6 * rows * rank * (dim_in + dim_out)
+
+
+def adapter_flops(layer: nn.Module, rows: int) -> int:
+    """Extra FLOPs of one adapter layer over the frozen layer it wraps, from its method's equation."""
+    kind = type(layer).__name__
+    if kind in ("FusedQKV",):
+        return sum(adapter_flops(p, rows) for p in layer.parts.values() if hasattr(p, "base_layer"))
+    if kind in ("ScaleShift", "LinearSlice"):
+        return 0  # O(N·D) element-wise
+    if kind == "RLRRLinear":
+        return 2 * rows * _prod(_linear_shape(layer))  # the weight-gradient GEMM its scale vectors need
+    if kind == "HTALinear":
+        if layer.compute == "weight":
+            return 2 * rows * _prod(_linear_shape(layer))
+        rank = 2 + (0 if layer.hta_down is None else layer.hta_down.shape[1])
+        return low_rank_flops(rows, *_linear_shape(layer), rank)
+    if kind in ("LoraLayer", "DoraLayer"):
+        dim_in, dim_out = _linear_shape(layer)
+        rank = layer.lora_a.shape[0]
+        dense = 2 * dim_in * dim_out * rank if kind == "DoraLayer" else 0  # ‖W + BA‖ needs BA once per step
+        return low_rank_flops(rows, dim_in, dim_out, rank) + dense
+    if kind == "AOFTLinear":
+        return low_rank_flops(rows, *_linear_shape(layer), layer.rank)
+    if kind == "OftLayer":
+        return 6 * rows * _linear_shape(layer)[0] * layer.block_size
+    if kind == "AOFTAdapter":
+        return low_rank_flops(rows, layer.aoft_q_down.numel(), layer.aoft_q_up.numel(), layer.rank)
+    if kind == "BottleneckAdapter":
+        rank, dim_in = layer.adapter_down_weight.shape
+        return low_rank_flops(rows, dim_in, layer.adapter_up_weight.shape[0], rank)
+    if kind == "ArcLayer":
+        dim = layer.arc_bias.numel()
+        return low_rank_flops(rows, dim, dim, layer.arc_scale.numel())
+    if kind == "FactLayer":  # per d×d slice: x U (r), core (r×r), V (r): a rank-r branch over the whole weight
+        dim_in, dim_out = _linear_shape(layer)
+        return low_rank_flops(rows, dim_in, dim_out, layer._factors.fact_u.shape[1])
+    if kind == "PromptedBlocks":
+        return 0  # the prompt tokens are counted as extra rows of the frozen blocks
+    raise ValueError(f"no floor derivation for adapter layer {kind}; add one to experiments/bench_floor.py")
+
+
+def _prod(shape: tuple[int, int]) -> int:
+    return shape[0] * shape[1]
+
+
+def _block_linears(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.blocks.modules() if isinstance(m, nn.Linear)]
+
+
+def frozen_flops(plain: nn.Module, batch: int, tokens: int) -> int:
+    """Frozen-backbone step of the unadapted ``plain`` model: per block linear forward + input-gradient GEMMs and
+    attention, patch embedding forward, head forward and backward."""
+    rows, dim = batch * tokens, plain.embed_dim
+    model = plain
+    linears = sum(4 * rows * m.in_features * m.out_features for m in _block_linears(model))
+    attention = 12 * batch * tokens**2 * dim * len(model.blocks)
+    patch = model.patch_embed.proj
+    patches = batch * model.patch_embed.num_patches
+    patch_fwd = 2 * patches * patch.in_channels * _prod(patch.kernel_size) * patch.out_channels
+    head = 6 * batch * dim * model.num_classes
+    return linears + attention + patch_fwd + head
+
+
+def step_flops(plain: nn.Module, adapted: nn.Module, method: str, batch: int, tokens: int) -> dict[str, int]:
+    """``frozen`` and ``step`` FLOPs of one training step of ``adapted`` (``plain`` adapted by ``method``, see the
+    module docstring); the adapter layers of ``adapted`` give the ranks and shapes."""
+    base = frozen_flops(plain, batch, tokens)
+    if method == "full":
+        patch = plain.patch_embed.proj
+        patches = batch * plain.patch_embed.num_patches
+        patch_grad = 2 * patches * patch.in_channels * _prod(patch.kernel_size) * patch.out_channels
+        extra = sum(2 * batch * tokens * m.in_features * m.out_features for m in _block_linears(plain))
+        return {"frozen": base, "step": base + extra + patch_grad}
+    prompts = prompt_tokens(adapted)
+    extra = frozen_flops(plain, batch, tokens + prompts) - base if prompts else 0
+    rows = batch * (tokens + prompts)
+    extra += sum(adapter_flops(layer, rows) for layer in top_adapters(adapted))
+    return {"frozen": base, "step": base + extra}
+
+
+def top_adapters(model: nn.Module) -> list[nn.Module]:
+    """Adapter layers (modules with a ``base_layer``) not nested in another one."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if hasattr(module, "base_layer") and not any(name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name, module))
+    return [m for _, m in found]
+
+
+def prompt_tokens(model: nn.Module) -> int:
+    """Extra tokens a prompt method adds to every block (VPT); 0 otherwise."""
+    prompts = getattr(getattr(model, "peft_shared", None), "vpt_prompts", None)
+    return 0 if prompts is None else prompts.shape[1]
+
+
+# --- the code before a change ----------------------------------------------------------------------------------------
+
+
+def load_before(revision: str) -> Any:
+    """``peftlab`` as of git ``revision`` imported as the package ``peftlab_before`` (its ``methods`` registry)."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", revision, "peftlab"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    root = Path(tempfile.mkdtemp(prefix="peftlab-before-"))
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    source = root / "peftlab"
+    for path in source.rglob("*.py"):
+        text = path.read_text()
+        path.write_text(
+            text.replace("peftlab.", "peftlab_before.").replace("from peftlab import", "from peftlab_before import")
+        )
+    source.rename(root / "peftlab_before")
+    sys.path.insert(0, str(root))
+    return importlib.import_module("peftlab_before.methods")

@@ -1,0 +1,77 @@
+"""The math floor of a training step (experiments/bench_floor.py): derived from the layer shapes and each method's
+equation, checked here against hand-derived FLOP counts on a tiny ViT."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from peftlab.methods import get_method
+from tests.helpers import DIM, TINY_VIT, tiny_vit
+
+FLOOR_FILE = Path(__file__).resolve().parent.parent / "experiments" / "bench_floor.py"
+BATCH = 2
+TOKENS = (TINY_VIT["img_size"] // TINY_VIT["patch_size"]) ** 2 + 1
+ROWS = BATCH * TOKENS
+DEPTH, HIDDEN = TINY_VIT["depth"], int(DIM * TINY_VIT["mlp_ratio"])
+
+
+@pytest.fixture(scope="module")
+def floor():
+    spec = importlib.util.spec_from_file_location("peftlab_bench_floor", FLOOR_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def flops(floor, method: str, **options) -> dict[str, int]:
+    plain = tiny_vit()
+    adapted = tiny_vit() if method in ("full", "frozen") else get_method(method)(**options).apply(tiny_vit())
+    return floor.step_flops(plain, adapted, method, BATCH, TOKENS)
+
+
+def block_weights() -> int:
+    """in·out summed over qkv, proj, fc1, fc2 of one block."""
+    return 3 * DIM * DIM + DIM * DIM + 2 * DIM * HIDDEN
+
+
+def test_frozen_step_is_forward_and_input_gradient_gemms_plus_attention(floor):
+    frozen = flops(floor, "frozen")
+    patch = 2 * BATCH * (TOKENS - 1) * 3 * TINY_VIT["patch_size"] ** 2 * DIM
+    head = 6 * BATCH * DIM * 5
+    expected = DEPTH * (4 * ROWS * block_weights() + 12 * BATCH * TOKENS**2 * DIM) + patch + head
+    assert frozen["frozen"] == frozen["step"] == expected
+
+
+def test_weight_shaped_updates_add_the_weight_gradient_gemm(floor):
+    base = flops(floor, "frozen")["step"]
+    rlrr = flops(floor, "rlrr")["step"]
+    assert rlrr - base == DEPTH * 2 * ROWS * block_weights()  # q, k, v, proj, fc1, fc2 all rescaled
+    full = flops(floor, "full")["step"]
+    assert full > rlrr  # full also needs the patch-embedding weight gradient
+
+
+def test_rank_r_branches_and_elementwise_methods(floor):
+    base = flops(floor, "frozen")["step"]
+    rank = 4
+    lora = flops(floor, "lora", rank=rank)["step"]
+    assert lora - base == DEPTH * 2 * 6 * ROWS * rank * (DIM + DIM)  # q and v
+    hta = flops(floor, "hta", compute="activation", rank=1)["step"]
+    assert hta - base == DEPTH * 4 * 6 * ROWS * (2 + 1) * 2 * DIM  # q, k, v, proj at rank 2 + r
+    hta_weight = flops(floor, "hta", compute="weight")["step"]
+    assert hta_weight - base == DEPTH * 4 * 2 * ROWS * DIM * DIM
+    assert flops(floor, "ssf")["step"] == flops(floor, "bitfit")["step"] == base
+    oft = flops(floor, "oft", block_size=16)["step"]
+    assert oft - base == DEPTH * 2 * 6 * ROWS * DIM * 16
+
+
+def test_dispatch_counter_counts_kernels_and_metadata_ops(floor):
+    x = torch.randn(3, 4, requires_grad=True)
+    with floor.DispatchCounter() as counter:
+        (x.t() @ x).sum().backward()
+    assert counter.kernel >= 3 and counter.all > counter.kernel
