@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
 from peftlab.methods.base import MethodConfig, check_int, check_probability
-from peftlab.methods.layers import AdapterLayer
+from peftlab.methods.layers import SHARED, AdapterLayer
 
 
 @register_method("vpt_shallow")
@@ -151,9 +151,6 @@ class PromptedBlocks(AdapterLayer):
 
     def __init__(self, base_layer: nn.Sequential, prompts: nn.Module, deep: bool, dropout: float = 0.0) -> None:
         super().__init__(base_layer)
-        sets = prompts.prompts().shape[0]
-        if deep and len(base_layer) != sets:
-            raise ValueError(f"the model has {len(base_layer)} blocks but {sets} prompt sets")
         object.__setattr__(self, "_prompts", prompts)  # owned by model.peft_shared, not registered here
         self.deep = deep
         self.prompt_dropout = nn.Dropout(dropout)
@@ -169,5 +166,4 @@ class PromptedBlocks(AdapterLayer):
         return functional.vpt_remove_prompts(x, prompts.shape[1], prefix)
 
     def extra_repr(self) -> str:
-        sets, length, _ = self._prompts.prompts().shape
-        return f"deep={self.deep}, num_prompts={length}, prompt_sets={sets}"
+        return f"deep={self.deep}, prompts from model.{SHARED}"
