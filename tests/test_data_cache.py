@@ -188,3 +188,55 @@ def test_set_epoch_replays_an_epoch_exactly():
     for (x, y), (x_resumed, y_resumed) in zip(epochs[2], resumed, strict=True):
         assert torch.equal(x, x_resumed) and torch.equal(y, y_resumed)
     assert not torch.equal(torch.cat([y for _, y in epochs[0]]), torch.cat([y for _, y in epochs[1]]))
+
+
+def build_disk_cache_in_child(task_dir: str, marker: str, result: str) -> None:
+    """Runs in a spawned process: one 'job' building the val200 disk cache, recording when it decodes."""
+    import time
+
+    from peftlab.data import cache as child_cache
+
+    decode = child_cache.decode_all
+
+    def recorded_decode(*args, **kwargs):
+        with open(marker, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        time.sleep(1.0)  # widen the window in which the other job starts
+        return decode(*args, **kwargs)
+
+    child_cache.decode_all = recorded_decode
+    images, _ = read_txt_split(Path(task_dir), "val200")
+    cache_dir = Path(task_dir) / cache_module.CACHE_DIR_NAME
+    tensor, source = child_cache.load_or_build_cache(images, 12, "bicubic", "disk", cache_dir, progress=False)
+    Path(result).write_text(f"{source}|{int(tensor.sum())}")
+
+
+@pytest.mark.slow  # three spawned interpreters import torch
+def test_concurrent_jobs_of_one_task_decode_once_and_share_the_disk_cache(vtab_root, tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    marker = tmp_path / "decodes.txt"
+    results = [tmp_path / f"job{i}.txt" for i in range(3)]
+    jobs = [
+        context.Process(target=build_disk_cache_in_child, args=(str(vtab_root / "eurosat"), str(marker), str(r)))
+        for r in results
+    ]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=120)
+        assert job.exitcode == 0
+    assert len(marker.read_text().splitlines()) == 1, "only the first job of a task may decode"
+    outcomes = {r.read_text() for r in results}
+    assert len(outcomes) == 1 and next(iter(outcomes)).split("|")[0].endswith(".pt")
+    leftovers = [p.name for p in (vtab_root / "eurosat" / cache_module.CACHE_DIR_NAME).iterdir() if "partial" in p.name]
+    assert leftovers == []
+
+
+def test_unwritable_cache_dir_falls_back_to_memory(vtab_root, tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache directory should go")
+    images, _ = read_txt_split(vtab_root / "eurosat", "val200")
+    tensor, source = load_or_build_cache(images, 12, "bicubic", "disk", blocker / "cache", progress=False)
+    assert source == "memory" and tensor.shape == (200, 3, 12, 12)

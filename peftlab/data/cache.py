@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,24 +73,51 @@ def load_or_build_cache(
     """Returns the uint8 cache of a split and where it came from (``memory`` or the ``.pt`` file path).
 
     With ``mode="disk"`` the cache is read from (or written to) ``cache_dir`` as a ``.pt`` file named by
-    :func:`cache_key`, so any change to the split file, an image or the resize settings builds a new one.
+    :func:`cache_key`, so any change to the split file, an image or the resize settings builds a new one. Jobs of the
+    same task share it: the first decodes under an exclusive lock and publishes the file by an atomic rename; jobs that
+    start meanwhile wait for the lock and load the file (only the first job of a task decodes).
     """
     if mode == "memory" or cache_dir is None:
         return decode_all(images, image_size, interpolation, workers, progress), "memory"
     key = cache_key(images, image_size, interpolation)
     path = cache_dir / f"{images.name}-{image_size}px-{interpolation}-{key[:16]}.pt"
-    if path.is_file():
-        stored = torch.load(path, mmap=True, weights_only=True)
-        if stored.shape == (len(images), 3, image_size, image_size) and stored.dtype == torch.uint8:
-            return stored, str(path)
-        log.warning("ignoring cache %s: unexpected shape %s", path, tuple(stored.shape))
-    cache = decode_all(images, image_size, interpolation, workers, progress)
+    expected = (len(images), 3, image_size, image_size)
+    stored = _load_if_valid(path, expected)
+    if stored is not None:
+        return stored, str(path)
     try:
-        _save_atomically(cache, path)
+        with _exclusive(path.with_name(f".{path.name}.lock")):
+            stored = _load_if_valid(path, expected)  # built by a concurrent job while this one waited
+            if stored is not None:
+                return stored, str(path)
+            cache = decode_all(images, image_size, interpolation, workers, progress)
+            _save_atomically(cache, path)
     except OSError as error:
         log.warning("could not write the data cache %s (%s); keeping it in memory only", path, error)
-        return cache, "memory"
+        return decode_all(images, image_size, interpolation, workers, progress), "memory"
     return cache, str(path)
+
+
+def _load_if_valid(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    stored = torch.load(path, mmap=True, weights_only=True)
+    if stored.shape == shape and stored.dtype == torch.uint8:
+        return stored
+    log.warning("ignoring cache %s: unexpected shape %s", path, tuple(stored.shape))
+    return None
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``lock_path`` (``flock``): concurrent jobs of one task decode a split once."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _save_atomically(tensor: torch.Tensor, path: Path) -> None:
