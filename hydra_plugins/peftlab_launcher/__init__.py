@@ -1,0 +1,1 @@
+"""peftlab's Hydra launcher plugin (``hydra/launcher=parallel``): see :mod:`.parallel_launcher`."""
