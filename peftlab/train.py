@@ -61,7 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_results(output_dir, results)
         raise
     finally:
-        finish_wandb(built.trainer)
+        finish_wandb()
     results = completed_results(cfg, built, results, metrics, time.perf_counter() - t0)
     if is_rank_zero():  # under DDP every rank runs this function; results are written once
         print_summary(results, write_results(output_dir, results))

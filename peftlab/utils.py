@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import lightning as L
 import torch
 
 
@@ -25,7 +24,7 @@ def peak_memory_mb() -> float:
     return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def finish_wandb(trainer: L.Trainer | None) -> None:
+def finish_wandb() -> None:
     """Close the W&B run of this job (in a Hydra multirun, every job must get its own run)."""
     if "wandb" not in sys.modules:
         return

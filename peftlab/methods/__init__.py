@@ -14,7 +14,7 @@ from peftlab.methods.base import MethodConfig
 from peftlab.methods.layers import AdapterLayer, NotMergeableError
 
 _REGISTRY: dict[str, type[MethodConfig]] = {}
-_INFRASTRUCTURE = {"base", "layers", "inject", "state", "decay", "functional"}
+_INFRASTRUCTURE = {"base", "layers", "inject", "state", "decay", "functional", "fused"}
 _loaded = False
 
 

@@ -40,10 +40,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.methods import register_method
-from peftlab.methods.base import MethodConfig, check_bool, check_choice, check_int
+from peftlab.methods.base import MethodConfig, check_bool, check_choice, check_int, check_linear
 from peftlab.methods.functional import ao_basis, at_least_float32
 from peftlab.methods.fused import low_rank_linear, qkv_low_rank
-from peftlab.methods.layers import AdapterLayer, LinearSlice
+from peftlab.methods.layers import AdapterLayer
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 POSITIONS = ("parallel", "sequential")
@@ -195,8 +195,7 @@ class AOFTConfig(MethodConfig):
         _check_common(self)
 
     def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
-        if not isinstance(base, (nn.Linear, LinearSlice)):
-            raise TypeError(f"LoRA+AOFT adapts linear weights; {name!r} is a {type(base).__name__}")
+        check_linear(name, base, self.name)
         return AOFTLinear(base, self.rank, self.use_scale)
 
 

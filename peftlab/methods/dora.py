@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
-from peftlab.methods.base import check_linear
+from peftlab.methods.base import check_bool, check_linear
 from peftlab.methods.lora import LoraConfig, LoraLayer
 
 
@@ -46,8 +46,7 @@ class DoraConfig(LoraConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.detach_norm, bool):
-            raise ValueError(f"method option detach_norm={self.detach_norm!r} is invalid: expected true or false")
+        check_bool(self.detach_norm, "detach_norm")
 
     def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
         check_linear(name, base, self.name)

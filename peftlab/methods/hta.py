@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.methods import register_method
-from peftlab.methods.base import MethodConfig, check_bool, check_choice, check_int
+from peftlab.methods.base import MethodConfig, check_bool, check_choice, check_int, check_linear
 from peftlab.methods.functional import at_least_float32, hta_factors, rectangular_diagonal
 from peftlab.methods.fused import low_rank_linear, qkv_low_rank
-from peftlab.methods.layers import AdapterLayer, LinearSlice
+from peftlab.methods.layers import AdapterLayer
 
 COMPUTE_FORMS = ("activation", "weight")
 
@@ -169,6 +169,5 @@ class HTAConfig(MethodConfig):
         check_choice(self.compute, "compute", COMPUTE_FORMS)
 
     def create_layer(self, name: str, base: nn.Module, shared: nn.Module | None) -> nn.Module:
-        if not isinstance(base, (nn.Linear, LinearSlice)):
-            raise TypeError(f"HTA adapts linear weights; {name!r} is a {type(base).__name__}")
+        check_linear(name, base, self.name)
         return HTALinear(base, self.rank, self.normalize, self.compute)

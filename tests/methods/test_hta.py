@@ -135,7 +135,7 @@ def test_invalid_options_are_named(kwargs, message):
 
 
 def test_non_linear_target_is_refused():
-    with pytest.raises(TypeError, match="HTA adapts linear weights; 'blocks.0.norm1' is a LayerNorm"):
+    with pytest.raises(TypeError, match="method 'hta' adapts Linear layers.*'blocks.0.norm1' is a LayerNorm"):
         HTAConfig(targets=["blocks.0.norm1"]).apply(tiny_vit())
 
 
