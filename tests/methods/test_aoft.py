@@ -23,6 +23,7 @@ from tests.helpers import (
     tiny_vit,
     with_qv_weights,
 )
+from tests.methods.equations import dense_q
 
 #: AOFT-P main tables as reprinted by secondary summaries (methods.md §3.3, [S]): LoRA+AOFT 0.22 M on FGVC;
 #: Adapter+AOFT(*) 0.06 M on VTAB-1k and 0.20 M on FGVC, head included. Derived by hand (methods.md §3.4):
@@ -50,20 +51,6 @@ def test_count_matches_the_reported_figures(config, derived, table, use_scale):
     for bench, millions in table.items():  # the scales do not change the reported rounding
         assert round((derived + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
         assert round((derived + scales + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
-
-
-def dense_q(q: torch.Tensor) -> torch.Tensor:
-    """The full ``D×D`` generator, entry by entry: first row ``(q_0, -q_1, …)``, first column ``q``, lower-right
-    ``δ_ij - q_i q_j / (1 + q_0)``."""
-    n = q.numel()
-    out = torch.empty(n, n)
-    for i in range(n):
-        for j in range(n):
-            if i == 0 or j == 0:
-                out[i, j] = q[0] if i == j else (-q[j] if i == 0 else q[i])
-            else:
-                out[i, j] = float(i == j) - q[i] * q[j] / (1 + q[0])
-    return out
 
 
 def paper_projections(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

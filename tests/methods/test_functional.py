@@ -17,6 +17,7 @@ from peftlab.methods.functional import (
     scale_shift,
 )
 from tests.helpers import ATOL, RTOL
+from tests.methods.equations import dense_q
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -89,18 +90,6 @@ def test_hta_update_is_eq6_with_dense_matrices(dim_in, dim_out):
     torch.testing.assert_close(hta_transform(x, v_l, d, v_r), x @ (h_l @ diag @ h_r), atol=ATOL, rtol=RTOL)
     expected = x @ (down @ up + h_l @ diag @ h_r)
     torch.testing.assert_close(hta_update(x, v_l, d, v_r, down, up), expected, atol=ATOL, rtol=RTOL)
-
-
-def dense_q(q: torch.Tensor) -> torch.Tensor:
-    """``Q`` entry by entry as AOFT's summaries describe it (first row, lower-right block) plus column 0 = ``q``."""
-    n = q.numel()
-    out = torch.empty(n, n)
-    out[0, 0] = q[0]
-    for i in range(1, n):
-        out[0, i], out[i, 0] = -q[i], q[i]
-        for j in range(1, n):
-            out[i, j] = float(i == j) - q[i] * q[j] / (1 + q[0])
-    return out
 
 
 def test_ao_basis_is_the_first_columns_of_q():

@@ -12,6 +12,7 @@ from peftlab.methods.layers import SHARED
 from peftlab.methods.vpt import VptDeepConfig
 from peftlab.methods.vpt_aoft import VptDeepAOFTConfig
 from tests.helpers import ATOL, AVERAGE_HEAD, DIM, HEAD_100, RTOL, count_on, images, method_yaml, perturb, tiny_vit
+from tests.methods.equations import dense_q
 
 #: one 768-d generator vector per block of ViT-B/16 (methods.md §3.4): 12 · 768
 VIT_B16 = 9_216
@@ -33,14 +34,6 @@ def test_count_reproduces_vtab_but_not_fgvc():
     assert round((VIT_B16 + AVERAGE_HEAD["fgvc"]) / 1e6, 2) == 0.19
 
 
-def dense_generator(q: torch.Tensor) -> torch.Tensor:
-    """``Q(q) = [[q_0, -uᵀ], [u, I - u uᵀ / (1 + q_0)]]`` assembled from its four blocks."""
-    q0, u = q[0], q[1:]
-    top = torch.cat([q0.view(1, 1), -u.view(1, -1)], dim=1)
-    bottom = torch.cat([u.view(-1, 1), torch.eye(u.numel(), dtype=q.dtype) - torch.outer(u, u) / (1 + q0)], dim=1)
-    return torch.cat([top, bottom], dim=0)
-
-
 def adapted(num_prompts: int = 3, base=None):
     base = tiny_vit() if base is None else base
     return VptDeepAOFTConfig(num_prompts=num_prompts).apply(copy.deepcopy(base)).eval()
@@ -53,7 +46,7 @@ def test_prompts_are_the_first_columns_of_the_generator():
     prompts = shared.prompts()
     assert prompts.shape == (2, 5, DIM)
     for i, q in enumerate(shared.vpt_aoft_q.detach()):
-        torch.testing.assert_close(prompts[i], dense_generator(q)[:, :5].T, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(prompts[i], dense_q(q)[:, :5].T, atol=ATOL, rtol=RTOL)
 
 
 def test_forward_is_vpt_deep_with_the_generated_prompts():
