@@ -48,10 +48,12 @@ class ConfigError(ValueError):
 def build(cfg: DictConfig, loggers: bool = True) -> Built:
     """Build datamodule, method, LightningModule and Trainer from ``cfg``."""
     check_config(cfg)
+    datamodule = build_datamodule(cfg)
+    datamodule.check_protocol()  # a missing or malformed dataset stops here, before any weights are loaded
     method = build_method(cfg)
     model = build_model(cfg, method)
     norm = data_config(model)
-    datamodule = build_datamodule(cfg, mean=norm["mean"], std=norm["std"])
+    datamodule.use_normalization(norm["mean"], norm["std"])
     recipe = instantiate(cfg.optim, _convert_="all")
     recipe.pop("lr", None)  # consumed by the optimizer's interpolation
     module = ClassificationModule(model=model, num_classes=cfg.data.num_classes, **recipe)

@@ -45,6 +45,14 @@ def run_cli(main: Callable[[], Any]) -> Any:
     except USER_ERRORS as err:
         if os.environ.get("PEFTLAB_DEBUG"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"error: {message}\n(set PEFTLAB_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
+        print(f"error: {error_message(err)}\n(set PEFTLAB_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def error_message(err: BaseException) -> str:
+    """The user-facing text of an input error: a config resolver's own error without OmegaConf's wrapping."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    while isinstance(err, InterpolationResolutionError) and isinstance(err.__context__, USER_ERRORS):
+        err = err.__context__
+    return err.args[0] if isinstance(err, KeyError) and err.args else str(err)

@@ -23,13 +23,14 @@ def random_jpeg(path: Path, rng: np.random.Generator, size: tuple[int, int] = (1
     Image.fromarray(pixels, mode=None).convert(mode).save(path, format="JPEG")
 
 
-def write_vtab_task(task_dir: Path, num_classes: int = 3, seed: int = 0) -> Path:
-    """Writes one VTAB-1k task as NOAH's generator does: 800/200/1000 (copies)/24 test, small non-square JPEGs.
+def write_vtab_task(task_dir: Path, num_classes: int = 3, seed: int = 0, counts: dict | None = None) -> Path:
+    """Writes one VTAB-1k task as NOAH's generator does: 800/200/1000 (copies)/24 test, small non-square JPEGs
+    (``counts`` = {"train800": n, "val200": n, "test": n} for a task of your own with other sizes).
 
     Image 0 of every split is grayscale, to exercise the RGB conversion. Labels cycle through all classes.
     """
     rng = np.random.default_rng(seed)
-    labels = {split: [i % num_classes for i in range(n)] for split, n in VTAB_COUNTS.items()}
+    labels = {split: [i % num_classes for i in range(n)] for split, n in (counts or VTAB_COUNTS).items()}
     labels["train800val200"] = labels["train800"] + labels["val200"]
     for split in ("train800", "val200", "train800val200", "test"):
         lines = []

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 
 from peftlab.conf import CONFIG_DIR
 from peftlab.data import FGVCDataModule, VTABDataModule
+from peftlab.data.catalog import FGVC_TASKS, VTAB_TASKS
 from peftlab.data.check import compose_data_config, data_config_names, main
 from tests.data_fixtures import write_fgvc_dataset, write_vtab_task
 from tests.test_data_vtab import DOC_CLASSES
@@ -23,9 +24,16 @@ def test_group_selections_expand_to_every_task():
     assert data_config_names("vtab1k/dtd") == ["vtab1k/dtd"] and data_config_names("demo") == ["demo"]
 
 
+def test_task_configs_are_the_catalog():
+    """The per-task yaml files exist for exactly the catalog's tasks (they hold only the name; the catalog the rest)."""
+    for benchmark, tasks in (("vtab1k", VTAB_TASKS), ("fgvc", FGVC_TASKS)):
+        files = {p.stem for p in (CONFIG_DIR / "data" / benchmark).glob("*.yaml") if not p.stem.startswith("_")}
+        assert files == set(tasks)
+
+
 @pytest.mark.parametrize("task", list(DOC_CLASSES))
 def test_vtab_configs(task):
-    cfg = compose_data_config(f"vtab1k/{task}", ["paths.data_dir=/data"])
+    cfg = compose_data_config(f"vtab1k/{task}", ["paths.data_dir=/data"]).data
     assert (cfg.task, cfg.num_classes, cfg.dataset, cfg.root) == (task, DOC_CLASSES[task], "vtab1k", "/data/vtab-1k")
     assert (cfg.image_size, cfg.interpolation, cfg.hflip, cfg.batch_size, cfg.split) == (
         224,
@@ -41,13 +49,13 @@ def test_vtab_configs(task):
 
 @pytest.mark.parametrize("name", list(FGVC_CLASSES))
 def test_fgvc_configs(name):
-    cfg = compose_data_config(f"fgvc/{name}", ["paths.data_dir=/data", "data.split=search"])
+    cfg = compose_data_config(f"fgvc/{name}", ["paths.data_dir=/data", "data.split=search"]).data
     assert (cfg.num_classes, cfg.dataset, cfg.root, cfg.split) == (FGVC_CLASSES[name], "fgvc", "/data/fgvc", "search")
     assert isinstance(instantiate(cfg, mean=(0.5,) * 3, std=(0.5,) * 3), FGVCDataModule)
 
 
 def test_demo_config_matches_the_trainer_interface():
-    cfg = compose_data_config("demo", ["paths.data_dir=/data"])
+    cfg = compose_data_config("demo", ["paths.data_dir=/data"]).data
     assert (cfg.root, cfg.task, cfg.num_classes, cfg.dataset, cfg.image_size) == ("/data/demo", "demo", 4, "demo", 32)
     assert cfg.generate_demo is True and cfg.cache == "memory"
 
@@ -95,11 +103,10 @@ def test_check_covers_missing_tasks_of_a_group(data_dir, capsys):
     assert "no folder for task 'oxford_iiit_pet'; looked for ['oxford_iiit_pet', 'oxford_pet', 'pets'" in out
 
 
-def test_compose_without_a_train_config(tmp_path, monkeypatch):
-    shutil.copytree(CONFIG_DIR / "data", tmp_path / "conf" / "data")
+def test_paths_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("PEFTLAB_DATA", "/env/data")
-    assert compose_data_config("vtab1k/dtd", [], tmp_path / "conf").root == "/env/data/vtab-1k"
-    cfg = compose_data_config("fgvc/dogs", ["paths.data_dir=/x", "data.batch_size=8"], tmp_path / "conf")
+    assert compose_data_config("vtab1k/dtd", []).data.root == "/env/data/vtab-1k"
+    cfg = compose_data_config("fgvc/dogs", ["paths.data_dir=/x", "data.batch_size=8"]).data
     assert (cfg.root, cfg.batch_size) == ("/x/fgvc", 8)
 
 

@@ -120,7 +120,7 @@ def test_missing_json_and_missing_images(tmp_path):
 
 
 def test_unknown_dataset_and_wrong_count(tmp_path):
-    with pytest.raises(ValueError, match="unknown FGVC dataset 'aircraft'"):
+    with pytest.raises(ValueError, match="data.task='aircraft' is not a task of FGVC"):
         fgvc(tmp_path, "aircraft", 100)
     with pytest.raises(ValueError, match="num_classes=100 but FGVC cub has 200"):
         fgvc(tmp_path, "cub", 100)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 CONFIG_PATH = "pkg://peftlab.conf"
 CONFIG_DIR = Path(__file__).resolve().parent
 USER_CONFIG_ENV = "PEFTLAB_CONFIG_DIR"
@@ -19,3 +21,32 @@ def user_config_dir() -> Path | None:
     if configured is not None:
         return Path(configured).expanduser() if configured else None
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "peftlab"
+
+
+def register_resolvers() -> None:
+    """The ``catalog.*`` and ``folder.*`` OmegaConf resolvers the shipped configs use, so that task facts are read
+    from :mod:`peftlab.data.catalog` (their one source) instead of being copied into the yaml files."""
+    resolvers = {
+        "catalog.num_classes": lambda dataset, task: _catalog().benchmark_task(dataset, task).num_classes,
+        "catalog.group": lambda dataset, task: _catalog().benchmark_task(dataset, task).group,
+        "catalog.data_options": lambda dataset: _catalog().data_options(dataset),
+        "folder.num_classes": lambda root: _folder().count_class_folders(root),
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+def _catalog():
+    from peftlab.data import catalog
+
+    return catalog
+
+
+def _folder():
+    from peftlab.data import folder
+
+    return folder
+
+
+register_resolvers()

@@ -1,10 +1,12 @@
-"""Shared parts of the VTAB-1k and FGVC data modules: protocol attributes, loaders, ``describe()``."""
+"""Shared parts of peftlab's data modules: protocol attributes, the split reading and checking that ``data.check``
+and training share (:meth:`ImageClassificationDataModule.check`), loaders, ``describe()``."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -12,8 +14,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from peftlab.data.datasets import ImageListDataset
+from peftlab.data.errors import DataError, Problem
 from peftlab.data.images import interpolation_mode
 from peftlab.data.splits import LabeledImages, check_split_name
+from peftlab.data.validate import decode_problems, missing_classes, raise_if_any
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +36,25 @@ def resolve_pin_memory(pin_memory: bool | str) -> bool:
     return torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
 
 
+@dataclass
+class CheckReport:
+    """What :meth:`ImageClassificationDataModule.check` found for one task: samples per split, the folder used,
+    problems (each with its fix) and warnings."""
+
+    name: str
+    group: str
+    counts: dict[str, int | str]
+    folder: str = "-"
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
 class ImageClassificationDataModule(L.LightningDataModule):
-    """Common constructor arguments and loaders of peftlab's image-classification data modules.
+    """Common constructor arguments, split reading, checks and loaders of peftlab's image-classification data modules.
+
+    A subclass describes its on-disk layout: ``SPLITS`` (every split of the layout, in order), ``PROTOCOL``
+    (``{"search" | "final": (train splits, eval splits)}``), :meth:`locate` (the task's folder) and
+    :meth:`read_split` (one split's images and the problems found without decoding).
 
     Args:
         root: Folder holding the benchmark's task folders.
@@ -83,6 +104,81 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.folder_found: str | None = None
         self.train_data: LabeledImages | None = None
         self.eval_data: LabeledImages | None = None
+
+    SPLITS: tuple[str, ...] = ()
+    PROTOCOL: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    #: what a train split without samples of some class means for this layout
+    MISSING_CLASS_ADVICE = "check data.num_classes"
+
+    def locate(self) -> tuple[Path, str]:
+        """The task's folder and the folder name that matched (raises DataError)."""
+        raise NotImplementedError
+
+    def read_split(self, split: str) -> tuple[LabeledImages, list[Problem]]:
+        """One split's images and labels, plus every problem found without decoding."""
+        raise NotImplementedError
+
+    def check(self, decode: bool = True, workers: int = 4, splits: Sequence[str] | None = None) -> CheckReport:
+        """Checks the task on disk without raising: ``splits`` (default: every split of the layout) are read, their
+        counts, labels and files checked and, with ``decode``, every image decoded. ``data.check`` runs it on every
+        split; training runs it (without decoding) on the splits of its protocol before any weights are loaded."""
+        splits = tuple(splits or self.SPLITS)
+        report = CheckReport(self.task, self.group, dict.fromkeys(splits, "-"))
+        try:
+            self.prepare_data()
+            self.task_dir, self.folder_found = self.locate()
+        except DataError as error:
+            report.problems += error.problems
+            return report
+        report.folder = self.folder_found
+        for split in splits:
+            images, problems = self.read_split(split)
+            report.counts[split] = len(images)
+            report.problems += problems
+            if decode and images.paths:
+                report.problems += decode_problems(images, workers, progress=True)
+            if split.startswith("train") and images.paths:
+                report.warnings += self._missing_class_warnings(images)
+        return report
+
+    def check_protocol(self) -> None:
+        """The cheap checks of the splits this run reads (no decoding); raises one DataError listing every problem."""
+        train_splits, eval_splits = self.PROTOCOL[self.split]
+        raise_if_any(list(dict.fromkeys(self.check(decode=False, splits=(*train_splits, *eval_splits)).problems)))
+
+    def read_splits(self, splits: Sequence[str]) -> LabeledImages:
+        """The concatenation of ``splits`` (raises DataError listing every problem)."""
+        merged, problems = LabeledImages("+".join(splits)), []
+        for split in splits:
+            images, split_problems = self.read_split(split)
+            merged.extend(images)
+            problems += split_problems
+        raise_if_any(list(dict.fromkeys(problems)))  # a file read for several splits reports its problems once
+        return merged
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_data is not None:
+            return
+        self.prepare_data()
+        self.task_dir, self.folder_found = self.locate()
+        log.info("%s %s: using folder %s", self.dataset, self.task, self.task_dir)
+        train_splits, eval_splits = self.PROTOCOL[self.split]
+        self.train_data = self.read_splits(train_splits)
+        self.eval_data = self.read_splits(eval_splits)
+
+    def use_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise with the backbone's statistics (known once the model is built)."""
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+    def _missing_class_warnings(self, images: LabeledImages) -> list[str]:
+        missing = missing_classes(images, self.num_classes)
+        if not missing:
+            return []
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        return [
+            f"{images.sources[0]}: {len(missing)} of {self.num_classes} classes have no sample ({shown}); "
+            f"{self.MISSING_CLASS_ADVICE}"
+        ]
 
     def _image_loader(self, images: LabeledImages, transform: Callable, batch_size: int, train: bool) -> DataLoader:
         return DataLoader(

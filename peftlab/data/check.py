@@ -1,149 +1,84 @@
-"""Validate datasets on disk before training: ``python -m peftlab.data.check data=vtab1k [paths.data_dir=...]``.
+"""Validate datasets on disk before training: ``peftlab-check data=vtab1k [paths.data_dir=...]``
+(also ``python -m peftlab.data.check``).
 
-``data=`` takes a config (``data=vtab1k/dtd``, ``data=fgvc/cub``, ``data=demo``) or a whole group folder
-(``data=vtab1k`` checks all 19 tasks, ``data=fgvc`` all 5). Every split file is read, counts, label ranges and class
-coverage are checked and every image is decoded (``--no-decode`` skips decoding). Prints one row per task and each
-problem with its fix; exits with status 1 if there is any problem.
+``data=`` takes a config (``data=vtab1k/dtd``, ``data=fgvc/cub``, ``data=demo``, your own ``data=vtab_layout
+data.task=...`` or a config in your user config dir) or a whole group folder (``data=vtab1k`` checks all 19 tasks,
+``data=fgvc`` all 5). Each task's data module runs its own ``check()`` (the one training runs before loading weights):
+every split file is read, counts, label ranges and class coverage are checked and every image is decoded
+(``--no-decode`` skips decoding). Prints one row per task and each problem with its fix; exits with status 1 if there
+is any problem.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.conf import CONFIG_DIR
-from peftlab.data.catalog import FGVC_TASKS, VTAB_TASKS, find_spec
-from peftlab.data.demo import make_demo_dataset
-from peftlab.data.errors import DataError, Problem
-from peftlab.data.fgvc import read_fgvc_splits
-from peftlab.data.splits import VTAB_EXPECTED_COUNTS, VTAB_SOURCE_FIX, LabeledImages, find_task_dir, read_txt_split
-from peftlab.data.validate import cheap_problems, decode_problems, missing_classes
-from peftlab.data.vtab import vtab_task_spec
+from peftlab.conf import CONFIG_PATH
+from peftlab.data.base import CheckReport
+from peftlab.data.catalog import BENCHMARKS
+from peftlab.data.errors import Problem
+from peftlab.utils import error_message
 
-VTAB_TARGET = "peftlab.data.VTABDataModule"
+CONFIG_FIX = "fix the data option named here (see its config: peftlab-train data=<name> --cfg job)"
 
 
-@dataclass
-class TaskReport:
-    """Result of checking one task: per-split sample counts, the folder found, problems and warnings."""
+def data_config_names(selection: str) -> list[str]:
+    """Expands ``data=<selection>`` into config names: itself if it is a config, else every task in the group folder
+    (the shipped configs and the user config dir alike)."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
 
-    name: str
-    group: str
-    counts: dict[str, int | str]
-    folder: str = "-"
-    problems: list[Problem] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-def data_config_names(selection: str, conf_dir: Path = CONFIG_DIR) -> list[str]:
-    """Expands ``data=<selection>`` into config names: itself if it is a config, else every task in the folder."""
-    if (conf_dir / "data" / f"{selection}.yaml").is_file():
-        return [selection]
-    folder = conf_dir / "data" / selection
-    if not folder.is_dir():
-        raise SystemExit(f"data={selection}: no config {folder}.yaml and no folder {folder}")
-    names = [p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_")]
+    GlobalHydra.instance().clear()
+    with initialize_config_module(CONFIG_PATH.removeprefix("pkg://"), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        parent, _, leaf = selection.rpartition("/")
+        if leaf in loader.get_group_options("/".join(filter(None, ("data", parent))), ObjectType.CONFIG):
+            return [selection]
+        names = [n for n in loader.get_group_options(f"data/{selection}", ObjectType.CONFIG) if not n.startswith("_")]
+        if not names:
+            known = loader.get_group_options("data")
+            raise SystemExit(f"error: data={selection} is neither a data config nor a group; options: {known}")
     return [f"{selection}/{name}" for name in sorted(names, key=_catalog_order)]
 
 
 def _catalog_order(name: str) -> tuple[int, str]:
-    known = [*VTAB_TASKS, *FGVC_TASKS]
+    known = [task for tasks in BENCHMARKS.values() for task in tasks]
     return (known.index(name) if name in known else len(known), name)
 
 
-def compose_data_config(name: str, overrides: list[str], conf_dir: Path = CONFIG_DIR) -> DictConfig:
-    """Composes ``data=<name>`` with the shipped configs and returns the resolved ``data`` node.
+def compose_data_config(name: str, overrides: list[str]) -> DictConfig:
+    """Composes ``train.yaml`` with ``data=<name>`` and the overrides (so ``paths`` and experiments apply)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
-    Uses ``train.yaml`` when the config dir has one (so ``paths`` and experiments apply); otherwise composes the data
-    group alone with ``paths.data_dir`` defaulting to ``$PEFTLAB_DATA`` or ``./data``.
-    """
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(conf_dir), version_base="1.3"):
-        if (conf_dir / "train.yaml").is_file():
-            cfg = compose("train", overrides=[f"data={name}", *overrides])
-        else:
-            path_overrides = [o for o in overrides if o.startswith("paths.")]
-            cfg = compose(overrides=[f"+data={name}", *[o for o in overrides if o not in path_overrides]])
-            default_paths = {"paths": {"data_dir": "${oc.env:PEFTLAB_DATA,data}"}}
-            cfg = OmegaConf.merge(default_paths, cfg, OmegaConf.from_dotlist(path_overrides))
-    return OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))  # resolves only what data uses
+    GlobalHydra.instance().clear()
+    with initialize_config_module(CONFIG_PATH.removeprefix("pkg://"), version_base="1.3"):
+        return compose("train", overrides=[f"data={name}", *overrides])
 
 
-def check_vtab(cfg: DictConfig, decode: bool, workers: int) -> TaskReport:
-    """Checks all four VTAB-1k split files of one task."""
-    report = TaskReport(cfg.task, cfg.group, dict.fromkeys(VTAB_EXPECTED_COUNTS, "-"))
-    spec = vtab_task_spec(cfg.task, cfg.num_classes, cfg.group)
-    root = Path(cfg.root)
-    if cfg.get("generate_demo", False):
-        make_demo_dataset(root, cfg.num_classes, cfg.image_size)
-        task_dir, report.folder = root, root.name
-    else:
-        task_dir, report.folder = find_task_dir(root, spec, VTAB_SOURCE_FIX)
-    for split, expected in VTAB_EXPECTED_COUNTS.items():
-        images, problems = read_txt_split(task_dir, split)
-        report.counts[split] = len(images)
-        report.problems += problems
-        if images.paths:
-            report.problems += cheap_problems(images, cfg.num_classes, expected)
-            report.problems += decode_problems(images, workers, progress=True) if decode else []
-        if split.startswith("train") and images.paths:
-            _warn_missing_classes(report, images, cfg.num_classes)
-    return report
+def check_one(cfg: DictConfig, decode: bool, workers: int) -> CheckReport:
+    """Builds the configured data module and runs its ``check()``; config mistakes become report problems."""
+    from peftlab.build import build_datamodule
 
-
-def check_fgvc(cfg: DictConfig, decode: bool, workers: int) -> TaskReport:
-    """Checks the train/val/test json splits of one FGVC dataset."""
-    report = TaskReport(cfg.task, cfg.group, dict.fromkeys(("train", "val", "test"), "-"))
-    spec = find_spec(cfg.task, FGVC_TASKS)
-    if spec is None:
-        raise DataError(Problem(f"data.task={cfg.task}", "unknown FGVC dataset", f"use one of {sorted(FGVC_TASKS)}"))
-    task_dir, report.folder = find_task_dir(Path(cfg.root), spec, "put VPT's json splits next to the images")
-    for split in ("train", "val", "test"):
-        try:
-            images = read_fgvc_splits(task_dir, spec, [split], cfg.num_classes)
-        except DataError as error:
-            report.problems += error.problems
-            continue
-        report.counts[split] = len(images)
-        report.problems += decode_problems(images, workers, progress=True) if decode else []
-        if split == "train":
-            _warn_missing_classes(report, images, cfg.num_classes)
-    return report
-
-
-def _warn_missing_classes(report: TaskReport, images: LabeledImages, num_classes: int) -> None:
-    missing = missing_classes(images, num_classes)
-    if missing:
-        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        report.warnings.append(
-            f"{images.sources[0]}: {len(missing)} of {num_classes} classes have no sample ({shown}); "
-            "expected for VTAB-1k tasks with many classes (train800 is not class-stratified), "
-            "otherwise check data.num_classes"
-        )
-
-
-def check_one(cfg: DictConfig, decode: bool, workers: int) -> TaskReport:
-    """Checks one composed data config, turning data and config errors into report problems."""
-    is_vtab = cfg._target_ == VTAB_TARGET
+    name, group = (OmegaConf.select(cfg, key, throw_on_resolution_failure=False) for key in ("data.task", "data.group"))
     try:
-        return check_vtab(cfg, decode, workers) if is_vtab else check_fgvc(cfg, decode, workers)
-    except (DataError, ValueError) as error:
-        problems = getattr(error, "problems", None) or [Problem("data config", str(error), "fix the data config")]
-        splits = VTAB_EXPECTED_COUNTS if is_vtab else ("train", "val", "test")
-        return TaskReport(cfg.task, cfg.group, dict.fromkeys(splits, "-"), problems=problems)
+        datamodule = build_datamodule(cfg)
+    except Exception as error:  # noqa: BLE001 - every config mistake is reported in the table
+        problem = Problem("data config", error_message(error), CONFIG_FIX)
+        return CheckReport(str(name), str(group or "-"), {}, problems=[problem])
+    return datamodule.check(decode=decode, workers=workers)
 
 
-def format_table(reports: list[TaskReport]) -> str:
+def format_table(reports: list[CheckReport]) -> str:
     """One row per task: folder found, sample count per split, status."""
     splits = list(dict.fromkeys(split for r in reports for split in r.counts))
     header = ["task", "group", "folder", *splits, "status"]
     rows = [header] + [
-        [r.name, r.group, r.folder, *[str(r.counts.get(s, "")) for s in splits], _status(r)] for r in reports
+        [r.name, r.group, r.folder, *[str(r.counts.get(s, "-")) for s in splits], _status(r)] for r in reports
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
@@ -151,13 +86,13 @@ def format_table(reports: list[TaskReport]) -> str:
     return "\n".join(lines)
 
 
-def _status(report: TaskReport) -> str:
+def _status(report: CheckReport) -> str:
     if report.problems:
         return f"FAIL ({len(report.problems)} problem(s))"
     return f"ok ({len(report.warnings)} warning(s))" if report.warnings else "ok"
 
 
-def format_details(reports: list[TaskReport]) -> str:
+def format_details(reports: list[CheckReport]) -> str:
     """Every problem (with its fix) and warning, grouped by task."""
     lines = []
     for report in reports:
@@ -170,10 +105,9 @@ def format_details(reports: list[TaskReport]) -> str:
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Splits the command line into our flags and Hydra overrides (``data=...``, ``paths.data_dir=...``)."""
-    parser = argparse.ArgumentParser(prog="python -m peftlab.data.check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="peftlab-check", description=__doc__.splitlines()[0])
     parser.add_argument("--no-decode", action="store_true", help="skip decoding every image (cheap checks only)")
     parser.add_argument("--workers", type=int, default=4, help="decoding threads")
-    parser.add_argument("--conf-dir", type=Path, default=CONFIG_DIR, help="Hydra config folder")
     args, overrides = parser.parse_known_args(argv)
     if not any(o.startswith("data=") for o in overrides):
         parser.error("give data=<config or group>, e.g. data=vtab1k, data=fgvc or data=vtab1k/dtd")
@@ -186,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     selection = next(o for o in overrides if o.startswith("data=")).split("=", 1)[1]
     rest = [o for o in overrides if not o.startswith("data=")]
     reports = []
-    for name in data_config_names(selection, args.conf_dir):
-        cfg = compose_data_config(name, rest, args.conf_dir)
+    for name in data_config_names(selection):
+        cfg = compose_data_config(name, rest)
         reports.append(check_one(cfg, decode=not args.no_decode, workers=args.workers))
     print(format_table(reports))
     details = format_details(reports)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.data.base import ImageClassificationDataModule
-from peftlab.data.catalog import FGVC_TASKS, FGVCSpec, find_spec
+from peftlab.data.catalog import FGVCSpec, benchmark_task
 from peftlab.data.errors import DataError, Problem
 from peftlab.data.splits import FGVC_PROTOCOL, FGVC_SOURCE_FIX, LabeledImages, find_task_dir, read_json_split
 from peftlab.data.transforms import fgvc_eval_transform, fgvc_train_transform
@@ -18,10 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def fgvc_task_spec(task: str, num_classes: int) -> FGVCSpec:
-    """Returns the catalog entry of an FGVC dataset, checking the configured class count against it."""
-    spec = find_spec(task, FGVC_TASKS)
-    if spec is None:
-        raise ValueError(f"unknown FGVC dataset {task!r}; known: {sorted(FGVC_TASKS)}")
+    """Returns the catalog entry of an FGVC dataset; an explicit class count must agree with it."""
+    spec = benchmark_task("fgvc", task)
     if num_classes != spec.num_classes:
         raise ValueError(f"data.num_classes={num_classes} but FGVC {spec.name} has {spec.num_classes} classes")
     return spec
@@ -68,7 +66,7 @@ def read_fgvc_splits(dataset_dir: Path, spec: FGVCSpec, splits: Sequence[str], n
     merged = LabeledImages("+".join(splits))
     for name, (split_entries, _) in entries.items():
         merged.extend(_labeled(dataset_dir / f"{name}.json", split_entries, image_dir, remap, problems))
-    raise_if_any(problems + count_problems(merged, None) + missing_file_problems(merged))
+    raise_if_any(problems + count_problems(merged, None, FGVC_SOURCE_FIX) + missing_file_problems(merged))
     return merged
 
 
@@ -105,6 +103,10 @@ class FGVCDataModule(ImageClassificationDataModule):
         **kwargs: See :class:`~peftlab.data.base.ImageClassificationDataModule`.
     """
 
+    SPLITS = ("train", "val", "test")
+    PROTOCOL = FGVC_PROTOCOL
+    MISSING_CLASS_ADVICE = "use the VPT json splits of this dataset, or check data.num_classes"
+
     def __init__(
         self,
         root: str | Path,
@@ -122,14 +124,14 @@ class FGVCDataModule(ImageClassificationDataModule):
         self.resize_size = resize_size
         self.crop_scale = tuple(float(s) for s in crop_scale)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_data is not None:
-            return
-        self.task_dir, self.folder_found = find_task_dir(self.root, self.spec, FGVC_SOURCE_FIX)
-        log.info("FGVC %s: using folder %s", self.spec.name, self.task_dir)
-        train_splits, eval_splits = FGVC_PROTOCOL[self.split]
-        self.train_data = read_fgvc_splits(self.task_dir, self.spec, train_splits, self.num_classes)
-        self.eval_data = read_fgvc_splits(self.task_dir, self.spec, eval_splits, self.num_classes)
+    def locate(self) -> tuple[Path, str]:
+        return find_task_dir(self.root, self.spec, FGVC_SOURCE_FIX)
+
+    def read_split(self, split: str) -> tuple[LabeledImages, list[Problem]]:
+        try:
+            return read_fgvc_splits(self.task_dir, self.spec, [split], self.num_classes), []
+        except DataError as error:
+            return LabeledImages(split, [self.task_dir / f"{split}.json"]), error.problems
 
     def train_transform(self):
         return fgvc_train_transform(self.image_size, self.interpolation, self.mean, self.std, self.crop_scale)

@@ -10,11 +10,12 @@ from peftlab.data.images import load_rgb
 from peftlab.data.splits import VTAB_SOURCE_FIX, LabeledImages
 
 
-def count_problems(images: LabeledImages, expected: int | None) -> list[Problem]:
-    """Checks the number of samples (exactly ``expected``, or at least one when None)."""
+def count_problems(images: LabeledImages, expected: int | None, fix: str = VTAB_SOURCE_FIX) -> list[Problem]:
+    """Checks the number of samples (exactly ``expected``, or at least one when None); ``fix`` is the layout's
+    advice for an empty split."""
     source = str(images.sources[0])
     if expected is None and len(images) == 0:
-        return [Problem(source, "split is empty", VTAB_SOURCE_FIX)]
+        return [Problem(source, "split is empty", fix)]
     if expected is not None and len(images) != expected:
         return [
             Problem(

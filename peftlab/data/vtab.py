@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ import torch
 
 from peftlab.data.base import ImageClassificationDataModule
 from peftlab.data.cache import CACHE_DIR_NAME, CACHE_MODES, CachedBatchLoader, cache_nbytes, load_or_build_cache
-from peftlab.data.catalog import DEMO_TASK, VTAB_TASKS, TaskSpec, find_spec
+from peftlab.data.catalog import BENCHMARK_TITLES, BENCHMARKS, CUSTOM_GROUP, DEMO_TASK, TaskSpec, benchmark_task
 from peftlab.data.demo import make_demo_dataset
+from peftlab.data.errors import Problem
 from peftlab.data.splits import (
     VTAB_EXPECTED_COUNTS,
     VTAB_PROTOCOL,
@@ -21,38 +23,35 @@ from peftlab.data.splits import (
     read_txt_split,
 )
 from peftlab.data.transforms import VTABTransform
-from peftlab.data.validate import cheap_problems, raise_if_any
+from peftlab.data.validate import cheap_problems
 
 log = logging.getLogger(__name__)
 
+VTAB_MISSING_CLASS_ADVICE = (
+    "expected for VTAB-1k tasks with many classes (train800 is not class-stratified), otherwise check data.num_classes"
+)
 
-def vtab_task_spec(task: str, num_classes: int, group: str | None = None) -> TaskSpec:
-    """Returns the catalog entry of a VTAB task (or the demo), checking the configured class count and group."""
-    spec = DEMO_TASK if task == DEMO_TASK.name else find_spec(task, VTAB_TASKS)
-    if spec is None:
-        raise ValueError(f"unknown VTAB-1k task {task!r}; known tasks: {sorted(VTAB_TASKS)}")
-    if spec is not DEMO_TASK and num_classes != spec.num_classes:
-        raise ValueError(f"data.num_classes={num_classes} but VTAB-1k {spec.name} has {spec.num_classes} classes")
+
+def task_spec(dataset: str, task: str, num_classes: int, group: str | None) -> TaskSpec:
+    """The catalog entry of a built-in benchmark task (an explicit class count or group must agree with it), or the
+    spec of your own task: its name as its folder, ``group`` defaulting to ``custom``. The demo takes any class
+    count (it is generated with it)."""
+    if dataset not in BENCHMARKS:
+        return TaskSpec(task, num_classes, group or CUSTOM_GROUP, (task,), task)
+    spec = benchmark_task(dataset, task)
+    title = BENCHMARK_TITLES[dataset]
+    if dataset == "demo":
+        spec = replace(spec, num_classes=num_classes)
+    if num_classes != spec.num_classes:
+        raise ValueError(f"data.num_classes={num_classes} but {title} {spec.name} has {spec.num_classes} classes")
     if group is not None and group != spec.group:
-        raise ValueError(f"data.group={group!r} but VTAB-1k {spec.name} is in group {spec.group!r}")
+        raise ValueError(f"data.group={group!r} but {title} {spec.name} is in group {spec.group!r}")
     return spec
 
 
-def read_vtab_split(task_dir: Path, split: str, num_classes: int) -> LabeledImages:
-    """Reads one VTAB-1k split file and runs the cheap checks (format, count, label range, files exist).
-
-    Raises:
-        DataError: Listing every problem found, each with its file, line and fix.
-    """
-    images, problems = read_txt_split(task_dir, split)
-    if not problems or images.paths:
-        problems += cheap_problems(images, num_classes, VTAB_EXPECTED_COUNTS.get(split))
-    raise_if_any(problems)
-    return images
-
-
 class VTABDataModule(ImageClassificationDataModule):
-    """One VTAB-1k task (or the generated demo), with the papers' preprocessing and a uint8 tensor fast path.
+    """One task in the VTAB-1k (NOAH) layout: a built-in VTAB-1k task, the generated demo or your own task
+    (``dataset`` other than ``vtab1k``/``demo``), with the papers' preprocessing and a uint8 tensor fast path.
 
     Preprocessing: resize to ``image_size`` x ``image_size`` (no crop), optional random hflip, normalise with the
     backbone's ``mean``/``std``. ``split="search"`` trains on train800 and evaluates val200; ``split="final"``
@@ -70,9 +69,13 @@ class VTABDataModule(ImageClassificationDataModule):
         cache_device: ``auto`` (the trainer's device) or an explicit device such as ``cpu``.
         cache_max_gb: Largest split (in GB of uint8 pixels) that is cached.
         seed: Seed of the cached loader's shuffling/flips (default: drawn from torch's global RNG).
-        group: Defaults to the task's VTAB group; a different value is an error.
+        group: Defaults to the task's VTAB group (your own task: ``custom``); a different value is an error.
+        dataset: ``vtab1k`` or ``demo`` (the catalog's tasks), or any other name for your own task.
         **kwargs: See :class:`~peftlab.data.base.ImageClassificationDataModule`.
     """
+
+    SPLITS = tuple(VTAB_EXPECTED_COUNTS)
+    PROTOCOL = VTAB_PROTOCOL
 
     def __init__(
         self,
@@ -90,7 +93,7 @@ class VTABDataModule(ImageClassificationDataModule):
         seed: int | None = None,
         **kwargs: Any,
     ):
-        spec = vtab_task_spec(task, num_classes, group)
+        spec = task_spec(dataset, task, num_classes, group)
         super().__init__(root, task, num_classes, spec.group, dataset, **kwargs)
         if cache not in CACHE_MODES:
             raise ValueError(f"data.cache={cache!r}; use one of {list(CACHE_MODES)}")
@@ -100,29 +103,32 @@ class VTABDataModule(ImageClassificationDataModule):
         self.cache, self.hflip, self.generate_demo = cache, hflip, generate_demo
         self.cache_device, self.cache_max_gb, self.seed = cache_device, cache_max_gb, seed
         self.cached: dict[str, torch.Tensor] = {}
+        if self.dataset == "vtab1k":
+            self.MISSING_CLASS_ADVICE = VTAB_MISSING_CLASS_ADVICE
         self.cache_sources: dict[str, str] = {}
 
     def prepare_data(self) -> None:
         if self.generate_demo:
             make_demo_dataset(self.root, self.num_classes, self.image_size)
 
+    def locate(self) -> tuple[Path, str]:
+        if self.generate_demo:
+            return self.root, self.root.name
+        return find_task_dir(self.root, self.spec, VTAB_SOURCE_FIX)
+
+    def read_split(self, split: str) -> tuple[LabeledImages, list[Problem]]:
+        images, problems = read_txt_split(self.task_dir, split)
+        if not problems or images.paths:
+            expected = VTAB_EXPECTED_COUNTS.get(split) if self.dataset in BENCHMARKS else None
+            problems += cheap_problems(images, self.num_classes, expected)
+        return images, problems
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_data is not None:
             return
-        self.prepare_data()  # no-op unless generating the demo, which skips an existing complete copy
-        self._find_task_dir()
-        (train_split,), (eval_split,) = VTAB_PROTOCOL[self.split]
-        self.train_data = read_vtab_split(self.task_dir, train_split, self.num_classes)
-        self.eval_data = read_vtab_split(self.task_dir, eval_split, self.num_classes)
+        super().setup(stage)  # generates the demo first if asked (skipping an existing complete copy)
         for role, images in (("train", self.train_data), ("eval", self.eval_data)):
             self._maybe_cache(role, images)
-
-    def _find_task_dir(self) -> None:
-        if self.generate_demo:
-            self.task_dir, self.folder_found = self.root, self.root.name
-            return
-        self.task_dir, self.folder_found = find_task_dir(self.root, self.spec, VTAB_SOURCE_FIX)
-        log.info("VTAB-1k %s: using folder %s", self.spec.name, self.task_dir)
 
     def _maybe_cache(self, role: str, images: LabeledImages) -> None:
         if self.cache == "none":
