@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo train test test-fast test-gpu lint format bench report clean
+.PHONY: help install demo train test test-fast test-gpu lint format bench bench-sweep bench-gpu report clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -41,8 +41,14 @@ format: $(STAMP) ## ruff fix + format
 	$(BIN)/ruff check --fix peftlab hydra_plugins tests experiments
 	$(BIN)/ruff format peftlab hydra_plugins tests experiments
 
-bench: $(STAMP) ## throughput/memory benchmark of every method (ARGS="--backbone vit_b16 --device cuda" on a GPU)
+bench: $(STAMP) ## step/floor/memory/dispatch table of every method (ARGS="--block", "--before main", "--device cuda")
 	$(BIN)/python experiments/bench.py $(ARGS)
+
+bench-sweep: $(STAMP) ## end-to-end time of a VTAB-1k sweep for one method (ARGS="--method rlrr --jobs-per-device 1,2")
+	$(BIN)/python experiments/bench_sweep.py $(ARGS)
+
+bench-gpu: $(STAMP) ## GPU: ViT-B/16 224px bf16 batch 64 table + sweep estimate with k = 1, 2, 4 jobs per GPU
+	$(BIN)/python experiments/bench_gpu.py $(ARGS)
 
 report: $(STAMP) ## aggregate results.json files into tables: make report ARGS="logs/sweeps/vtab1k_all/rlrr_vtab1k"
 	$(BIN)/python -m peftlab.report $(ARGS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -214,3 +215,12 @@ def test_before_candidates_run_the_old_code_and_pair_with_the_new(report):
     assert pairs["lora"]["train_vs_frozen_after"] == rows["lora"]["train_vs_frozen"]
     assert pairs["lora"]["train_vs_frozen_before"] == rows["lora@before"]["train_vs_frozen"]
     assert "## Before → after" in report["markdown"]
+
+
+def test_bench_gpu_stops_with_one_error_line_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: make bench-gpu would run for minutes")
+    script = BENCH_FILE.with_name("bench_gpu.py")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: make bench-gpu needs a CUDA device") and proc.stderr.count("\n") == 1

@@ -226,3 +226,22 @@ def test_model_gradients_equal_the_merged_weight_path(name, options, autocast):
     torch.testing.assert_close(outputs[0], outputs[1], atol=ATOL, rtol=RTOL)
     for key in grads[0]:
         torch.testing.assert_close(grads[0][key], grads[1][key], atol=ATOL, rtol=RTOL, msg=key)
+
+
+@pytest.mark.gpu
+@pytest.mark.float32
+@pytest.mark.parametrize("name, options", FUSED_METHODS, ids=[f"{n}{o}" for n, o in FUSED_METHODS])
+def test_model_gradients_equal_the_merged_weight_path_on_cuda_under_bf16(name, options):
+    model = get_method(name)(**options).apply(tiny_vit()).train()
+    perturb(model)
+    model, reference = model.cuda(), plain_copy(model).cuda()
+    x = images().cuda()
+    results = []
+    for candidate in (model, reference):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = candidate(x)
+        out.float().square().mean().backward()
+        grads = [p.grad.float() for p in candidate.parameters() if p.requires_grad]
+        results.append([out.detach().float(), *grads])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=0.1 * b.abs().max().item() + 1e-4, rtol=0.1)

@@ -1,0 +1,73 @@
+"""``make bench-gpu``: the whole GPU measurement in one command (well under 10 minutes on one H100/H200).
+
+1. ``bench.py`` for ViT-B/16 at 224 px, bf16 autocast, batch 64: every method's step × frozen, × its floor, × full,
+   peak memory × full, dispatch cost × frozen and merged inference × plain.
+2. ``bench_sweep.py``: the end-to-end time of a VTAB-1k sweep for one method with k = 1, 2 and 4 jobs per GPU.
+
+Both write into ``experiments/results/bench/``. Without CUDA it stops before any work with one ``error:`` line.
+
+    python experiments/bench_gpu.py [--method lora] [--skip-sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"peftlab_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="lora", help="method of the sweep estimate")
+    parser.add_argument("--skip-sweep", action="store_true")
+    args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print(
+            "error: make bench-gpu needs a CUDA device and none is visible; on a CPU run `make bench` and "
+            "`make bench-sweep` instead",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    load("bench").main(
+        ["--backbone", "vit_b16", "--device", "cuda", "--dtype", "bf16", "--batch", "64", "--repeats", "5",
+         "--warmup", "3", "--steps", "5", "--no-data", "--tag", "gpu"]
+    )  # fmt: skip
+    if not args.skip_sweep:
+        sweep = load("bench_sweep")
+        sweep.run(
+            sweep.parse_args(
+                [
+                    "--method",
+                    args.method,
+                    "--device",
+                    "cuda",
+                    "--jobs-per-device",
+                    "1,2,4",
+                    "--precision",
+                    "bf16-mixed",
+                    "--train-batches",
+                    "8",
+                    "--eval-batches",
+                    "4",
+                    "--test-size",
+                    "2000",
+                ]
+            )  # fmt: skip
+        )
+
+
+if __name__ == "__main__":
+    main()
