@@ -1,14 +1,14 @@
 """Published per-task results of ViT-B/16 PEFT methods on VTAB-1k and FGVC, as data with their sources.
 
-Every row cites the paper and table it was copied from and carries the brief's tag (``/work/shared/docs/methods.md``):
+Every row cites the paper and table it was copied from and carries a source tag (see ``docs/methods.md``):
 ``V`` checked against the primary paper, ``S`` only from a secondary summary (AOFT). Accuracies are percentages as
 printed; ``means`` are the printed group means and the printed "Mean" (the 19-task mean on VTAB-1k, not the mean of
 the group means); ``params_m`` is the printed "Params (M)", which includes the task-averaged head for RLRR, HTA and
 linear probing, while baseline rows copied from earlier papers use mixed conventions.
 
 Keys of ``method`` are peftlab method names (``full``, ``linear``, ``bitfit``, ``vpt_shallow``, ``vpt_deep``,
-``adapter``, ``lora``, ``adaptformer``, ``fact_tk``, ``arc``, ``ssf``, ``rlrr``, ``hta``, ``aoft``, ``aoft_adapter``;
-``aoft_vpt_deep`` has no peftlab method yet).
+``adapter``, ``lora``, ``adaptformer``, ``fact_tk``, ``arc``, ``ssf``, ``rlrr``, ``hta``, ``aoft``, ``aoft_adapter``,
+``vpt_deep_aoft``).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ VTAB_ROWS: tuple[PublishedRow, ...] = (
     _vtab("aoft_adapter", "aoft_adapter", "Adapter+AOFT", "", "79.3 84.2 60.6 72.5", 0.06, _AOFT_VTAB, tag="S"),
     _vtab("aoft_adapter_lambda", "aoft_adapter", "Adapter+AOFT*", "", "81.4 83.9 59.4 72.7", 0.06, _AOFT_VTAB,
           tag="S", note=_AOFT_STAR),
-    _vtab("aoft_vpt_deep", "aoft_vpt_deep", "VPT-Deep+AOFT", "", "80.3 84.7 55.4 70.7", 0.05, _AOFT_VTAB, tag="S"),
+    _vtab("aoft_vpt_deep", "vpt_deep_aoft", "VPT-Deep+AOFT", "", "80.3 84.7 55.4 70.7", 0.05, _AOFT_VTAB, tag="S"),
     PublishedRow("vtab1k/aoft_lambda", "aoft", "LoRA+AOFT†", "vtab1k", ORIG_IN21K, "AOFT-S (alphaXiv overview)", "S",
                  means={"mean": 74.1}, note="only the 19-task mean was given; '†' is the λ-scaled variant"),
 )
@@ -188,7 +188,7 @@ FGVC_ROWS: tuple[PublishedRow, ...] = (
     _fgvc("aoft", "aoft", "LoRA+AOFT", "88.8 84.2 99.4 92.0 85.1", 89.9, 0.22, _AOFT_FGVC, tag="S"),
     _fgvc("aoft_adapter_lambda", "aoft_adapter", "Adapter+AOFT*", "89.0 84.5 99.5 92.0 85.2", 90.1, 0.20, _AOFT_FGVC,
           tag="S", note=f"{_AOFT_STAR}; mean of the printed tasks is 90.04, printed 90.1"),
-    _fgvc("aoft_vpt_deep", "aoft_vpt_deep", "VPT-Deep+AOFT", "88.7 82.8 99.5 91.5 84.1", 89.5, 0.15, _AOFT_FGVC,
+    _fgvc("aoft_vpt_deep", "vpt_deep_aoft", "VPT-Deep+AOFT", "88.7 82.8 99.5 91.5 84.1", 89.5, 0.15, _AOFT_FGVC,
           tag="S", note="mean of the printed tasks is 89.32, printed 89.5 (more than rounding: check the paper)"),
 )
 # fmt: on

@@ -26,7 +26,7 @@ DIM = TINY_VIT["embed_dim"]  # tiny_vit width
 
 #: a 100-class head on ViT-B/16: 768 · 100 + 100
 HEAD_100 = 76_900
-#: the benchmark's average head, mean of (D + 1) · C over its tasks (methods.md, "Conventions"); the tables' counts
+#: the benchmark's average head, mean of (D + 1) · C over its tasks (docs/methods.md, "Conventions"); the tables' counts
 #: include it. VTAB-1k (19 tasks) and FGVC (5) on ViT-B/16 (D = 768), VTAB-1k on ViT-L/16 (D = 1024).
 AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407, "vtab_large": 50_711}
 

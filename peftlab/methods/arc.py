@@ -15,7 +15,7 @@ as an input-side transform ``y = (x M + b_ℓ) Wᵀ + c``, ``M = I + U diag(s) U
 Parameters (ViT-B/16, D' = 50): 2·768·50 + 12·2·(50 + 768) = 96,432 (head excluded; RLRR-P supplement Table 4's
 2·(D·D' + (D' + D)·L)); + 76,900 with a 100-class head = 173,332. With the mean VTAB-1k head (38,045): 0.134 M → 0.13 M
 ✓ (RLRR-P/HTA-P Table 1). With the mean FGVC head (180,407): 0.277 M, but 0.25 M is reported ✗; unexplained (perhaps
-a different D' for FGVC), see methods.md §4.
+a different D' for FGVC), see docs/methods.md §4.
 
 Choices:
     * Init as ``ARC_ViT.py`` at its latest commit: ``U`` Xavier-uniform, ``s_att`` zeros, ``s_mlp`` Xavier-uniform on

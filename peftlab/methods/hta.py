@@ -25,10 +25,9 @@ Choices (the paper leaves them open):
   ``x Wᵀ + b + (x V) Uᵀ + x ⊙ d`` (one base GEMM, a rank-``2 + r`` ``addmm``, one ``addcmul``; on timm's fused qkv all
   three blocks share one base GEMM); autograd keeps only ``x`` and the ``N × (2 + r)`` projection, no N×D
   intermediate. ``compute: weight`` builds ``W + ΔW`` once per step and runs one GEMM, whose backward adds the
-  weight-gradient GEMM. Measured side by side (``make bench``, CPU, one ViT-B/16 block at batch 16 × 197 tokens,
-  interleaved medians) the activation form trains at 0.96× and the weight form at 1.00× the frozen-backbone step, so
-  activation is the default; the factors are built in float32 even under autocast (the branch GEMMs then run in the
-  autocast dtype like every other linear).
+  weight-gradient GEMM. Activation is the default because it was the faster of the two in ``make bench`` (the
+  measurements are in ``experiments/results/bench/``); the factors are built in float32 even under autocast (the
+  branch GEMMs then run in the autocast dtype like every other linear).
 
 Mergeable (``W + ΔW``): zero inference overhead. Trainable parameters on ViT-B/16, head excluded: 184,320.
 """

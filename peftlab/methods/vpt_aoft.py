@@ -15,7 +15,7 @@ Parameters on ViT-B/16: ``12 · 768 = 9,216`` whatever ``p`` (``p <= D``). With 
 0.047 M → 0.05 M, the reported VTAB-1k figure. With the average FGVC head (180,407): 0.19 M, but 0.15 M is reported;
 that is less than the FGVC heads alone (0.18 M), so it is **unexplained** (perhaps a different head convention).
 
-Only secondary summaries of the paper could be read (``methods.md`` §3); choices where they are silent:
+Only secondary summaries of the paper could be read (``docs/methods.md`` §3); choices where they are silent:
 
 * one generator vector per block (the only reading that reproduces 0.05 M); no scale or gate (VPT prompts do not
   need to start at zero, and the reported count leaves no room for one);

@@ -7,7 +7,7 @@ import torch
 
 def dense_q(q: torch.Tensor) -> torch.Tensor:
     """AOFT's generator ``Q(q)`` (``D×D``) entry by entry: first row ``(q_0, -q_1, …)`` and lower-right block
-    ``δ_ij - q_i q_j / (1 + q_0)`` as the summaries describe it, first column ``q`` (methods.md §3.2)."""
+    ``δ_ij - q_i q_j / (1 + q_0)`` as the summaries describe it, first column ``q`` (docs/methods.md §3.2)."""
     n = q.numel()
     out = torch.empty(n, n, dtype=q.dtype)
     out[0, 0] = q[0]

@@ -25,8 +25,8 @@ from tests.helpers import (
 )
 from tests.methods.equations import dense_q
 
-#: AOFT-P main tables as reprinted by secondary summaries (methods.md §3.3, [S]): LoRA+AOFT 0.22 M on FGVC;
-#: Adapter+AOFT(*) 0.06 M on VTAB-1k and 0.20 M on FGVC, head included. Derived by hand (methods.md §3.4):
+#: AOFT-P main tables as reprinted by secondary summaries (docs/methods.md §3.3, [S]): LoRA+AOFT 0.22 M on FGVC;
+#: Adapter+AOFT(*) 0.06 M on VTAB-1k and 0.20 M on FGVC, head included. Derived by hand (docs/methods.md §3.4):
 #: LoRA+AOFT on W_q, W_v: 12 · 2 · (768 + 768) = 36,864; one FFN adapter per block: 12 · (768 + 768) = 18,432.
 AOFT_VIT_B16 = 36_864
 ADAPTER_VIT_B16 = 18_432

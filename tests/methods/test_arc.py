@@ -1,4 +1,4 @@
-"""ARC: counts (methods.md §4), the adapter as a dense matrix on the LayerNorm outputs, merge algebra, init."""
+"""ARC: counts (docs/methods.md §4), the adapter as a dense matrix on the LayerNorm outputs, merge algebra, init."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.helpers import (
     tiny_vit,
 )
 
-# methods.md §4 [D], = RLRR-P supplement Table 4's 2·(D·D' + (D' + D)·L): shared U_att, U_mlp (2·768·50) plus per
+# docs/methods.md §4 [D], = RLRR-P supplement Table 4's 2·(D·D' + (D' + D)·L): shared U_att, U_mlp (2·768·50) plus per
 # block s_att, b_att, s_mlp, b_mlp (12·2·(50 + 768)). With the mean VTAB-1k head (38,045) 0.134 M, RLRR-P/HTA-P
 # Table 1 report 0.13 M. (FGVC: 0.277 M with the mean head vs 0.25 M reported, unexplained.)
 ARC = 96_432

@@ -11,7 +11,7 @@ from tests.helpers import AVERAGE_HEAD, HEAD_100, count_on, method_yaml, tiny_vi
 #: + 12 blocks × (norm1 768 + qkv 2,304 + proj 768 + norm2 768 + fc1 3,072 + fc2 768) + final norm 768.
 BITFIT_VIT_B16 = 102_912
 #: RLRR-P Table 2 / HTA-P Table 1 "Bias" row: 0.14 M on VTAB-1k; RLRR-P Table 3 / HTA-P Table 2: 0.28 M on FGVC.
-#: Both include the benchmark's average head (methods.md "Conventions"): VTAB 38,045, FGVC 180,407 parameters.
+#: Both include the benchmark's average head (docs/methods.md "Conventions"): VTAB 38,045, FGVC 180,407 parameters.
 BIAS_VTAB_M, BIAS_FGVC_M = 0.14, 0.28
 
 

@@ -10,9 +10,9 @@ VIT_B16 = 85_798_656
 #: RLRR-P Table 2 / HTA-P Table 1 "Full fine-tuning": 85.80 M on VTAB-1k (the backbone alone: with the average head it
 #: would be 85.84 M); RLRR-P Table 3 / HTA-P Table 2 "Full FT": 85.98 M on FGVC (backbone + average FGVC head).
 FULL_VTAB_M, FULL_FGVC_M = 85.80, 85.98
-#: "Linear probing": 0.04 M on VTAB-1k and 0.18 M on FGVC, the average heads (methods.md "Conventions").
+#: "Linear probing": 0.04 M on VTAB-1k and 0.18 M on FGVC, the average heads (docs/methods.md "Conventions").
 LINEAR_VTAB_M, LINEAR_FGVC_M = 0.04, 0.18
-#: class counts (peers-and-protocol.md §0.1, FGVC split table in methods.md §1.6)
+#: class counts (peftlab/data/catalog.py; FGVC: RLRR-P supplement Table 1, from VPT)
 VTAB_CLASSES = [100, 102, 47, 102, 37, 10, 397, 2, 10, 45, 5, 8, 6, 6, 4, 16, 16, 18, 9]
 FGVC_CLASSES = [200, 555, 102, 120, 196]
 

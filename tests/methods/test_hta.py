@@ -24,7 +24,7 @@ from tests.helpers import (
 )
 
 #: HTA-P Table 1 (VTAB-1k, 0.22 M) and Table 2 (FGVC, 0.36 M), head included; Fig. 2 / supplement Table 7 for
-#: ranks 0, 2, 4 (0.15 / 0.30 / 0.44 M VTAB); Table 3 for ViT-L/16 (0.54 M). Derived by hand (methods.md §2.3):
+#: ranks 0, 2, 4 (0.15 / 0.30 / 0.44 M VTAB); Table 3 for ViT-L/16 (0.54 M). Derived by hand (docs/methods.md §2.3):
 #: per 768×768 matrix v_left + v_right + d (3 · 768) + rank · (768 + 768); q, k, v, o of 12 blocks.
 HTA_VIT_B16 = {0: 110_592, 1: 184_320, 2: 258_048, 4: 405_504}
 HTA_TABLE_M = {0: 0.15, 1: 0.22, 2: 0.30, 4: 0.44}

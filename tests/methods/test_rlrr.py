@@ -25,7 +25,7 @@ from tests.helpers import (
 )
 
 #: RLRR-P Table 2 (VTAB-1k, 0.33 M) and Table 3 (FGVC, 0.47 M), head included. Derived by hand from the official
-#: code (methods.md §1.3): per block q, k, v, o 4 · 3 · 768 + fc1 (768 + 2 · 3072) + fc2 (3072 + 2 · 768)
+#: code (docs/methods.md §1.3): per block q, k, v, o 4 · 3 · 768 + fc1 (768 + 2 · 3072) + fc2 (3072 + 2 · 768)
 #: + SSF after both LNs 2 · 2 · 768 = 23,808; 12 blocks + patch SSF 1,536 + final-norm SSF 1,536 = 288,768.
 RLRR_VIT_B16 = 288_768
 RLRR_TABLE_M = {"vtab": 0.33, "fgvc": 0.47}

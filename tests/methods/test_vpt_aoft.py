@@ -14,9 +14,9 @@ from peftlab.methods.vpt_aoft import VptDeepAOFTConfig
 from tests.helpers import ATOL, AVERAGE_HEAD, DIM, HEAD_100, RTOL, count_on, images, method_yaml, perturb, tiny_vit
 from tests.methods.equations import dense_q
 
-#: one 768-d generator vector per block of ViT-B/16 (methods.md §3.4): 12 · 768
+#: one 768-d generator vector per block of ViT-B/16 (docs/methods.md §3.4): 12 · 768
 VIT_B16 = 9_216
-#: AOFT-P as reprinted by secondary summaries (methods.md §3.3, [S]), head included: 0.05 M VTAB-1k, 0.15 M FGVC
+#: AOFT-P as reprinted by secondary summaries (docs/methods.md §3.3, [S]), head included: 0.05 M VTAB-1k, 0.15 M FGVC
 REPORTED_M = {"vtab": 0.05, "fgvc": 0.15}
 
 
