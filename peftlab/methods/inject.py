@@ -96,18 +96,7 @@ def inject(model: nn.Module, method: Injectable) -> nn.Module:
     shared = method.create_shared(model, targets)
     if shared is not None:
         model.add_module(SHARED, shared)
-    slices: dict[str, dict[str, str]] = defaultdict(dict)
-    whole: list[str] = []
-    for name in targets:
-        parent, _, child = name.rpartition(".")
-        qkv_name = f"{parent}.qkv"
-        if child in QKV_SLICES and _is_fused_qkv(qkv_name, _safe_get(model, qkv_name)):
-            slices[qkv_name][child] = name
-        else:
-            whole.append(name)
-    conflicts = sorted(set(whole) & set(slices))
-    if conflicts:
-        raise ValueError(f"{conflicts[0]!r} is targeted both as a whole and by its q/k/v slices; choose one")
+    whole, slices = split_qkv_slices(model, targets)
     for name in whole:
         module = model.get_submodule(name)
         if not isinstance(module, _TARGET_TYPES) and not method.wraps_any_module:
@@ -122,6 +111,24 @@ def inject(model: nn.Module, method: Injectable) -> nn.Module:
         replace_module(model, qkv_name, FusedQKV(qkv, layers))
     mark_trainable(model, method)
     return model
+
+
+def split_qkv_slices(model: nn.Module, targets: list[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Targets that are whole modules, and the q/k/v slice targets grouped by their fused qkv
+    (``{"blocks.0.attn.qkv": {"q": "blocks.0.attn.q"}}``). A qkv targeted both ways is an error."""
+    slices: dict[str, dict[str, str]] = defaultdict(dict)
+    whole: list[str] = []
+    for name in targets:
+        parent, _, child = name.rpartition(".")
+        qkv_name = f"{parent}.qkv"
+        if child in QKV_SLICES and _is_fused_qkv(qkv_name, _safe_get(model, qkv_name)):
+            slices[qkv_name][child] = name
+        else:
+            whole.append(name)
+    conflicts = sorted(set(whole) & set(slices))
+    if conflicts:
+        raise ValueError(f"{conflicts[0]!r} is targeted both as a whole and by its q/k/v slices; choose one")
+    return whole, dict(slices)
 
 
 def _safe_get(model: nn.Module, name: str) -> nn.Module | None:
