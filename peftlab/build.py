@@ -18,6 +18,7 @@ from peftlab.backbones import data_config
 from peftlab.callbacks import is_progress_bar, progress_callback
 from peftlab.methods import MethodConfig
 from peftlab.module import ClassificationModule
+from peftlab.options import ConfigError, check_options, check_targets, effective_warmup_epochs
 from peftlab.results import AtomicCheckpointIO
 from peftlab.utils import USER_ERRORS
 
@@ -41,10 +42,6 @@ class Built:
         return self.module.model
 
 
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the option and the allowed values."""
-
-
 def build(cfg: DictConfig, loggers: bool = True) -> Built:
     """Build datamodule, method, LightningModule and Trainer from ``cfg``."""
     check_config(cfg)
@@ -56,6 +53,7 @@ def build(cfg: DictConfig, loggers: bool = True) -> Built:
     datamodule.use_normalization(norm["mean"], norm["std"])
     recipe = instantiate(cfg.optim, _convert_="all")
     recipe.pop("lr", None)  # consumed by the optimizer's interpolation
+    recipe["warmup_epochs"] = effective_warmup_epochs(cfg)
     module = ClassificationModule(model=model, num_classes=cfg.data.num_classes, **recipe)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.trainer.get("compile"):
@@ -83,6 +81,7 @@ def build_method(cfg: DictConfig) -> MethodConfig:
     method = create(cfg.method)
     if not isinstance(method, MethodConfig):
         raise ConfigError(f"method config must instantiate a peftlab MethodConfig, got {type(method).__name__}")
+    check_targets(method)
     return method
 
 
@@ -95,7 +94,8 @@ def build_model(cfg: DictConfig, method: MethodConfig) -> nn.Module:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Cheap cross-group checks that would otherwise fail late or silently."""
+    """Cheap checks of every option and across groups that would otherwise fail late or silently."""
+    check_options(cfg)
     num_classes = cfg.data.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"data.num_classes={num_classes!r} is invalid: expected an integer >= 2")

@@ -1,14 +1,21 @@
-"""Progress reporting that suits the terminal: a live bar when interactive, one log line per epoch otherwise."""
+"""Progress reporting that suits the terminal (a live bar when interactive, one log line per epoch otherwise) and the
+one resumable checkpoint, ``last.ckpt``."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
+import random
 import sys
+from pathlib import Path
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar, TQDMProgressBar
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger("peftlab")
 
@@ -45,3 +52,86 @@ class EpochSummary(Callback):
 def _format(trainer: L.Trainer, prefix: str) -> str:
     items = sorted((k, v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix) and "_step" not in k)
     return "  ".join(f"{k}={float(v):.4f}" for k, v in items)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Keeps one resumable checkpoint, ``<dirpath>/last.ckpt``: rewritten at the end of every training epoch (whether
+    or not validation runs that epoch), every ``every_n_train_steps`` optimizer steps when > 0 (for long epochs),
+    and when the run is stopped by a signal (SIGTERM/SIGINT, see ``peftlab.lifecycle``).
+
+    Resuming from an end-of-epoch checkpoint reproduces the uninterrupted run exactly (the data order is a function
+    of the epoch and the random state travels in the checkpoint); a mid-epoch one resumes the same schedule."""
+
+    LAST_NAME = "last.ckpt"
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 0) -> None:
+        if not isinstance(every_n_train_steps, int) or isinstance(every_n_train_steps, bool) or every_n_train_steps < 0:
+            raise ValueError(
+                f"callbacks.model_checkpoint.every_n_train_steps={every_n_train_steps!r} is invalid: expected an "
+                "integer >= 0 (0 = only at epoch ends)"
+            )
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=False, enable_version_counter=False)
+        self.every_n_steps = every_n_train_steps
+
+    @property
+    def last_path(self) -> Path:
+        return Path(self.dirpath) / self.LAST_NAME
+
+    def write_last(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run or trainer.global_step == self._last_global_step_saved:
+            return
+        trainer.save_checkpoint(self.last_path)
+        self.last_model_path = str(self.last_path)
+        self._last_global_step_saved = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.write_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_global_step_saved = -1  # the epoch-end state (loop counters) differs from a step save
+        self.write_last(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Saving does not depend on validation (the VTAB protocol evaluates only at the end)."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A signal stops training at a batch boundary (a consistent state): keep it."""
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            self._last_global_step_saved = -1
+            self.write_last(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "rng": rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved_rng = state_dict.pop("rng", None)
+        super().load_state_dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The random state is restored once the dataloaders exist (creating them draws from it, as in the
+        uninterrupted run), just before training goes on."""
+        super().on_train_start(trainer, pl_module)
+        if getattr(self, "_saved_rng", None) is not None:
+            set_rng_state(self._saved_rng)
+            self._saved_rng = None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch random states (CPU, and CUDA when present): saved with the checkpoint so that a
+    resumed run draws the same dropout masks and augmentations as the uninterrupted one."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]  # loads with weights_only
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

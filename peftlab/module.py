@@ -66,6 +66,7 @@ class ClassificationModule(L.LightningModule):
         self.check_finite_every_n_steps = check_finite_every_n_steps
         self._first_bad: dict[str, torch.Tensor] | None = None  # on device: step and loss of the first non-finite
         self._step_context: dict[int, tuple[int, float | None]] = {}  # step -> (epoch, lr), since the last check
+        self.schedule: dict[str, Any] | None = None  # the warm-up and total steps used (recorded in results.json)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -164,9 +165,9 @@ class ClassificationModule(L.LightningModule):
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        scheduler = self.scheduler_factory(
-            optimizer, total_steps=total, warmup_steps=int(round(self.warmup_epochs * steps_per_epoch))
-        )
+        warmup_steps = int(round(self.warmup_epochs * steps_per_epoch))
+        self.schedule = {"warmup_epochs": self.warmup_epochs, "warmup_steps": warmup_steps, "total_steps": total}
+        scheduler = self.scheduler_factory(optimizer, total_steps=total, warmup_steps=warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

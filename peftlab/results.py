@@ -15,6 +15,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 RESULTS_FILE = "results.json"
 RUNNING, FAILED, COMPLETE = "running", "failed", "complete"
+#: stopped by a signal (resumable, never complete); numbers from a cut-short debug run (never counted as a result)
+INTERRUPTED, PARTIAL = "interrupted", "partial"
 
 
 def atomic_write_text(path: Path, text: str) -> None:

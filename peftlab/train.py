@@ -1,9 +1,14 @@
-"""Entry point: ``python -m peftlab.train [overrides]`` (or ``peftlab-train``); ``-m`` for Hydra multirun sweeps."""
+"""Entry point: ``python -m peftlab.train [overrides]`` (or ``peftlab-train``); ``-m`` for Hydra multirun sweeps.
+
+Exit codes: 0 done (or skipped: already complete), 2 bad input (one ``error:`` line), 1 a sweep with failed jobs,
+130 / 143 stopped by SIGINT / SIGTERM (``last.ckpt`` kept: rerun the same command to resume)."""
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +19,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab.build import Built, build
 from peftlab.conf import CONFIG_PATH
+from peftlab.lifecycle import (
+    FAILED_JOBS,
+    Interrupted,
+    RunDirBusy,
+    RunLock,
+    StopSignals,
+    exit_with_sweep_summary,
+    in_multirun,
+    partial_reasons,
+    record_failed_job,
+)
 from peftlab.methods.state import count_parameters
+from peftlab.options import check_options
 from peftlab.results import (
     COMPLETE,
     FAILED,
+    INTERRUPTED,
+    PARTIAL,
+    RESULTS_FILE,
     RUNNING,
     command_line,
     device_name,
@@ -28,7 +48,7 @@ from peftlab.results import (
     versions,
     write_results,
 )
-from peftlab.utils import finish_wandb, peak_memory_mb, reset_peak_memory, run_cli
+from peftlab.utils import USER_ERRORS, finish_wandb, peak_memory_mb, reset_peak_memory, run_cli
 
 log = logging.getLogger("peftlab")
 
@@ -36,16 +56,25 @@ log = logging.getLogger("peftlab")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one run; returns its results (the content of ``results.json``).
 
-    A run whose output dir already holds a complete ``results.json`` is skipped (never retrained or overwritten).
+    Options are checked before anything is written. One process at a time owns the run dir (a lock). A run whose
+    output dir already holds a complete ``results.json`` is skipped (never retrained or overwritten). A SIGTERM or
+    SIGINT saves ``last.ckpt``, records ``interrupted`` and raises :class:`Interrupted`.
     """
+    check_options(cfg)
     output_dir = Path(cfg.paths.output_dir).resolve()
-    if is_complete(output_dir):
-        log.info("skipping: %s already holds a complete results.json", output_dir)
-        return read_results(output_dir)
+    with RunLock(output_dir) if is_rank_zero() else nullcontext(), StopSignals() as signals:
+        if is_complete(output_dir):
+            log.info("skipping: %s already holds a complete results.json", output_dir)
+            return read_results(output_dir)
+        return train_locked(cfg, output_dir, signals)
+
+
+def train_locked(cfg: DictConfig, output_dir: Path, signals: StopSignals) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     started, t0 = now(), time.perf_counter()
     reset_peak_memory()
     built = build(cfg)
+    signals.trainer = built.trainer
     check_data(built)
     results = initial_results(cfg, built, output_dir, started)
     if is_rank_zero():
@@ -53,19 +82,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         built.trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
         metrics = final_evaluation(cfg, built)
+        if signals.received:  # a signal between two Lightning loops
+            raise Interrupted(signals.received)
     except BaseException as err:
-        results.update(status=FAILED, error=f"{type(err).__name__}: {err}")
+        stopped = signals.received is not None
+        results.update(status=INTERRUPTED if stopped else FAILED, error=f"{type(err).__name__}: {err}")
+        if stopped:
+            results["error"] = f"interrupted by {signal.Signals(signals.received).name}; rerun the command to resume"
         results["run_info"]["finished_at"] = now()
         results["train_info"] = train_info(built, time.perf_counter() - t0)
         if is_rank_zero():
             write_results(output_dir, results)
+        if stopped and not isinstance(err, Interrupted):
+            raise Interrupted(signals.received) from err
         raise
     finally:
         finish_wandb()
     results = completed_results(cfg, built, results, metrics, time.perf_counter() - t0)
     if is_rank_zero():  # under DDP every rank runs this function; results are written once
-        print_summary(results, write_results(output_dir, results))
+        print_summary(results, write_final_results(output_dir, results))
     return results
+
+
+def write_final_results(output_dir: Path, results: dict[str, Any]) -> Path:
+    """The last check before writing: a complete result already there (another writer that ignored the lock) is
+    never replaced."""
+    if is_complete(output_dir):
+        raise RunDirBusy(
+            f"{output_dir / RESULTS_FILE} became complete while this run was training (another process wrote it); "
+            "it is kept and this run's results are not written. Give every run its own directory."
+        )
+    return write_results(output_dir, results)
 
 
 def is_rank_zero() -> bool:
@@ -193,7 +240,11 @@ def completed_results(
         train_info=train_info(built, wall_time),
         data=built.datamodule.describe(),
     )
+    results["train_info"]["schedule"] = getattr(module, "schedule", None)
     results["run_info"]["finished_at"] = now()
+    reasons = partial_reasons(cfg)
+    if reasons:  # numbers from a cut-short run: never counted as a result
+        results.update(status=PARTIAL, partial_reasons=reasons)
     if results["reported"]["value"] is None:
         results["status"] = "incomplete"
         results["error"] = f"no {key} was computed (test=false or a debug run)"
@@ -219,10 +270,50 @@ def print_summary(results: dict[str, Any], path: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
+    """One Hydra job. In a sweep, a failed job is recorded (results.json, the summary at the end) and the sweep goes
+    on; a signal stops the whole sweep with 128 + signum."""
     torch.set_float32_matmul_precision("high")
-    results = run_cli(lambda: train(cfg))
+    results = run_cli(lambda: run_sweep_job(cfg) if in_multirun() else train(cfg))
     return (results or {}).get("reported", {}).get("value")  # the value a Hydra sweeper optimises
+
+
+def run_sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
+    try:
+        return train(cfg)
+    except Exception as err:  # noqa: BLE001 - any failure of one job: record it, run the next
+        output_dir = Path(cfg.paths.output_dir).resolve()
+        if is_rank_zero() and read_results(output_dir) is None and not isinstance(err, RunDirBusy):
+            write_results(output_dir, failed_before_start(cfg, output_dir, err))
+        record_failed_job(str(output_dir), err, user_error=isinstance(err, USER_ERRORS))
+        return None
+
+
+def failed_before_start(cfg: DictConfig, output_dir: Path, err: BaseException) -> dict[str, Any]:
+    """The record of a sweep job that failed before training (bad option or data): status and error, no numbers."""
+    data = cfg.get("data") or {}
+    return {
+        "status": FAILED,
+        "error": f"{type(err).__name__}: {err}",
+        "experiment": {
+            "name": cfg.get("experiment_name"),
+            "method": group_choice("method", default="?"),
+            "backbone": group_choice("backbone", default="?"),
+            "dataset": data.get("dataset"),
+            "task": data.get("task"),
+            "split": data.get("split"),
+            "seed": cfg.get("seed"),
+        },
+        "reported": {"metric": None, "value": None},
+        "run_info": {"command": command_line(), "output_dir": str(output_dir), "finished_at": now()},
+    }
+
+
+def main() -> None:
+    """``peftlab-train``: one run, or a sweep with ``-m`` (exit 1 after the sweep when any job failed)."""
+    FAILED_JOBS.clear()
+    run()
+    exit_with_sweep_summary()
 
 
 if __name__ == "__main__":

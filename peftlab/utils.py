@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import sys
@@ -34,18 +35,38 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
+#: write failures that are the environment's, not a bug: one line naming the path and the fix
+DISK_ERRORS = {
+    errno.ENOSPC: "The disk is full: free space or write elsewhere (paths.log_dir / PEFTLAB_LOGS, hydra.run.dir).",
+    errno.EROFS: "The file system is read-only: write elsewhere (paths.log_dir / PEFTLAB_LOGS, hydra.run.dir).",
+    errno.EACCES: "Permission denied: write to a directory you own (paths.log_dir / PEFTLAB_LOGS, hydra.run.dir).",
+    errno.EDQUOT: "The disk quota is exceeded: free space or write elsewhere (paths.log_dir, hydra.run.dir).",
+}
+
 #: exceptions that mean "the input is wrong": shown as one clear message, without a traceback
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError, TypeError)
 
 
 def run_cli(main: Callable[[], Any]) -> Any:
-    """Run a CLI body; input errors print their message (no traceback unless PEFTLAB_DEBUG=1) and exit with 2."""
+    """Run a CLI body; input errors print their message (no traceback unless PEFTLAB_DEBUG=1) and exit with 2; a
+    run stopped by a signal exits with 128 + signum (130 for SIGINT, 143 for SIGTERM), as schedulers expect."""
+    from peftlab.lifecycle import Interrupted
+
     try:
         return main()
+    except Interrupted as err:
+        print(f"interrupted by {err}: last.ckpt is kept; rerun the same command to resume", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
     except USER_ERRORS as err:
         if os.environ.get("PEFTLAB_DEBUG"):
             raise
         print(f"error: {error_message(err)}\n(set PEFTLAB_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in DISK_ERRORS or os.environ.get("PEFTLAB_DEBUG"):
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: cannot write{where}: {err.strerror}. {DISK_ERRORS[err.errno]}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import signal
@@ -26,9 +27,20 @@ def final(run_dir) -> dict:
     return json.loads((run_dir / RESULTS_FILE).read_text())
 
 
+def wait_for_checkpoint(proc: subprocess.Popen, last, timeout: float = 300) -> dict:
+    """Poll until ``last`` exists (an end-of-epoch save), then return its content; the process keeps running."""
+    deadline = time.time() + timeout
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert last.exists(), "the run ended before it wrote a checkpoint"
+    return torch.load(last, map_location="cpu", weights_only=True)
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_final_metrics(cli_env, tmp_path):
-    args = [*DEMO_FAST, "trainer.max_epochs=3", "data.epochs=3"]
+    """SIGKILL in a middle epoch (the shipped callbacks, validation or not), resume: exactly the reference run."""
+    epochs = 4
+    args = [*DEMO_FAST, f"trainer.max_epochs={epochs}", f"data.epochs={epochs}", "logger=csv"]
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "interrupted"
     ref = subprocess.run(cli(*args, f"hydra.run.dir={ref_dir}"), env=cli_env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -36,15 +48,12 @@ def test_killed_run_resumes_to_the_same_final_metrics(cli_env, tmp_path):
     proc = subprocess.Popen(
         cli(*args, f"hydra.run.dir={run_dir}"), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    saved = wait_for_checkpoint(proc, run_dir / "checkpoints" / "last.ckpt")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert last.exists(), "the run ended before it could be interrupted"
-    interrupted = final(run_dir)
-    assert interrupted["status"] == "running", "a killed run must never look complete"
+    assert saved["epoch"] < epochs - 1, "killed after training ended, not in a middle epoch"
+    assert final(run_dir)["status"] == "running", "a killed run must never look complete"
+    rows_before = csv_rows(run_dir)
 
     resumed = subprocess.run(cli(*args, f"hydra.run.dir={run_dir}"), env=cli_env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -54,6 +63,17 @@ def test_killed_run_resumes_to_the_same_final_metrics(cli_env, tmp_path):
     assert got["metrics"]["test/loss"] == expected["metrics"]["test/loss"]
     assert got["metrics"]["test/acc"] == expected["metrics"]["test/acc"]
     assert got["train_info"]["global_step"] == expected["train_info"]["global_step"]
+    epochs_logged = [row["epoch"] for row in csv_rows(run_dir) if row.get("train/loss_epoch")]
+    assert epochs_logged == [str(e) for e in range(epochs)], "the per-epoch history must survive the resume"
+    assert all(row in csv_rows(run_dir) for row in rows_before if row["epoch"] <= str(saved["epoch"]))
+
+
+def csv_rows(run_dir) -> list[dict]:
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
 
 
 def test_non_finite_loss_stops_with_a_clear_message(make_cfg, tmp_path):

@@ -1,0 +1,163 @@
+"""A run's lifecycle outside the training math: one writer per run dir, signals that stop a run resumably with the
+exit code schedulers expect, what makes a result partial, and failed jobs that do not stop a sweep."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+log = logging.getLogger("peftlab")
+
+LOCK_FILE = ".peftlab.lock"
+
+
+class Interrupted(BaseException):
+    """The run was stopped by a signal (SIGTERM: preemption or time limit; SIGINT: Ctrl+C).
+
+    A BaseException, so that no ``except Exception`` on the way swallows it; the process exits ``128 + signum``."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class RunDirBusy(FileExistsError):
+    """Another process holds the run directory."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held for the whole run: a second process on the same directory stops at
+    once (naming the holder) instead of interleaving checkpoints, logs and results. The kernel releases the lock
+    when the holder exits, even on SIGKILL, so a killed run never leaves a stale lock behind."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise RunDirBusy(
+                f"run dir {self.path.parent} is in use by {holder}: wait for that run to finish (or stop it), "
+                "or give this run its own directory (hydra.run.dir=...)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock; the file stays (unlinking it would race a waiter)
+            self._fd = None
+
+
+class StopSignals:
+    """SIGTERM and SIGINT stop a run cleanly: while Lightning trains or evaluates, at the next batch boundary (the
+    checkpoint callback then saves ``last.ckpt``); otherwise at once. A second signal stops at once. Either way the
+    run ends with :class:`Interrupted`."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.trainer: Any = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.received is None
+        self.received = signum if first else self.received
+        if first and self._trainer_running():
+            log.warning("received %s: stopping after the current batch", signal.Signals(signum).name)
+            self.trainer._signal_connector.received_sigterm = True  # Lightning's own stop flag (set for SIGTERM too)
+            return
+        raise Interrupted(self.received)
+
+    def _trainer_running(self) -> bool:
+        from lightning.pytorch.trainer.states import TrainerStatus
+
+        return self.trainer is not None and self.trainer.state.status == TrainerStatus.RUNNING
+
+
+def partial_reasons(cfg: DictConfig) -> list[str]:
+    """Why a run's numbers are not a real result (debug settings that cut training or evaluation short)."""
+    trainer = cfg.trainer
+    reasons = []
+    if trainer.get("max_epochs") == 0:
+        reasons.append("trainer.max_epochs=0 (no training)")
+    if (trainer.get("max_steps") or -1) > 0:
+        reasons.append(f"trainer.max_steps={trainer.max_steps}")
+    if trainer.get("fast_dev_run"):
+        reasons.append(f"trainer.fast_dev_run={trainer.fast_dev_run}")
+    if trainer.get("overfit_batches"):
+        reasons.append(f"trainer.overfit_batches={trainer.overfit_batches}")
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        value = trainer.get(key)
+        if value is not None and not (isinstance(value, float) and value == 1.0):
+            reasons.append(f"trainer.{key}={value} (not the whole split)")
+    return reasons
+
+
+# --------------------------------------------------------------------------------------------- sweeps (multirun)
+#: failed jobs of this process's sweep: (job output dir, one-line reason)
+FAILED_JOBS: list[tuple[str, str]] = []
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failed_job(output_dir: str, err: BaseException, user_error: bool) -> None:
+    """One sweep job failed: say so (one line for bad input, the traceback for anything else) and go on."""
+    reason = f"{type(err).__name__}: {one_line(err)}"
+    if user_error:
+        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+    else:
+        traceback.print_exception(err, file=sys.stderr)
+    print(f"job in {output_dir} failed; the sweep goes on", file=sys.stderr, flush=True)
+    FAILED_JOBS.append((output_dir, reason))
+
+
+def one_line(err: BaseException) -> str:
+    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(str(message).split())
+
+
+def exit_with_sweep_summary() -> None:
+    """After a sweep: list the failed jobs and exit 1 if there were any (a scheduler then sees the failure)."""
+    if not FAILED_JOBS:
+        return
+    lines = [f"{len(FAILED_JOBS)} sweep job(s) failed:"]
+    lines += [f"  {job}: {reason[:300]}" for job, reason in FAILED_JOBS]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    sys.exit(1)

@@ -1,0 +1,100 @@
+"""Every run option checked before any compute: one ``ConfigError`` naming the option, the allowed values and the
+fix (the CLI prints it as one ``error:`` line and exits 2). Also the one rule for a warm-up longer than the run."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+log = logging.getLogger("peftlab")
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the option and the allowed values."""
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Raise a ConfigError for the first invalid run option (data, optimisation, trainer, seed)."""
+    _check_int(cfg.get("seed"), "seed", minimum=0, example="seed=42")
+    _check_int(cfg.data.get("batch_size"), "data.batch_size", minimum=1, example="data.batch_size=32")
+    _check_int(cfg.data.get("eval_batch_size"), "data.eval_batch_size", minimum=1, example="data.eval_batch_size=128")
+    _check_int(cfg.trainer.get("max_epochs"), "trainer.max_epochs", minimum=0, example="trainer.max_epochs=100")
+    optim = cfg.optim
+    _check_number(optim.get("lr"), "optim.lr", "a number > 0", lambda v: v > 0, "optim.lr=1e-3")
+    _check_number(optim.get("weight_decay"), "optim.weight_decay", "a number >= 0", lambda v: v >= 0, "1e-4 or 0")
+    _check_number(
+        optim.get("label_smoothing", 0.0), "optim.label_smoothing", "a number in [0, 1)", lambda v: 0 <= v < 1, "0.1"
+    )
+    _check_number(optim.get("warmup_epochs", 0), "optim.warmup_epochs", "a number >= 0", lambda v: v >= 0, "10")
+    check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(value: Any, option: str, minimum: int, example: str) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+        raise ConfigError(f"{option}={value!r} is invalid: expected an integer >= {minimum} (e.g. {example})")
+
+
+def _check_number(value: Any, option: str, expected: str, ok: Any, example: str) -> None:
+    if not (_is_number(value) and ok(value)):
+        raise ConfigError(f"{option}={value!r} is invalid: expected {expected} (e.g. {option}={example})")
+
+
+def check_accelerator(accelerator: str) -> None:
+    import torch
+
+    if accelerator.lower() in GPU_ACCELERATORS and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (trainer=gpu) needs a CUDA GPU, but none is visible "
+            "(torch.cuda.is_available() is false): use trainer=cpu, or trainer.accelerator=auto to take a GPU when "
+            "there is one (check CUDA_VISIBLE_DEVICES and the driver otherwise)"
+        )
+
+
+def check_targets(method: Any) -> None:
+    """A method that adapts layers (it implements ``create_layer``) with no target would silently train the head
+    alone."""
+    from peftlab.methods import MethodConfig
+
+    if not method.targets and type(method).create_layer is not MethodConfig.create_layer:
+        raise ConfigError(
+            f"method.targets=[] leaves method {method.name!r} nothing to adapt (only the head would train): give layer "
+            f"patterns (e.g. method.targets=[attn.q,attn.v]; the defaults are in conf/method/{method.name}.yaml), "
+            "or use method=linear to train the head alone"
+        )
+
+
+def effective_warmup_epochs(cfg: DictConfig) -> float:
+    """The warm-up actually used. A warm-up that is not shorter than the run (``trainer.max_epochs=5`` with the
+    papers' 10 warm-up epochs) would never reach the cosine decay: it is scaled to the same fraction of the run as
+    in the protocol (10 of 100 epochs -> 0.5 of 5), with a warning; the schedule used is recorded in results.json.
+    A warm-up that is not shorter than the protocol itself is refused."""
+    warmup, epochs = float(cfg.optim.get("warmup_epochs", 0)), cfg.trainer.get("max_epochs")
+    if not epochs or warmup < epochs:
+        return warmup
+    protocol = cfg.data.get("epochs") or 100
+    if warmup >= protocol:
+        raise ConfigError(
+            f"optim.warmup_epochs={warmup:g} is not shorter than the run (trainer.max_epochs={epochs}, protocol "
+            f"{protocol} epochs): the learning rate would never decay. Set optim.warmup_epochs below "
+            f"trainer.max_epochs (e.g. optim.warmup_epochs={epochs / 10:g})"
+        )
+    scaled = warmup * epochs / protocol
+    log.warning(
+        "optim.warmup_epochs=%g is not shorter than trainer.max_epochs=%d: warm-up scaled to %.3g epochs (the "
+        "protocol's %g of %d epochs) so the cosine decay still happens; set optim.warmup_epochs below "
+        "trainer.max_epochs to choose it yourself",
+        warmup,
+        epochs,
+        scaled,
+        warmup,
+        protocol,
+    )
+    return scaled
