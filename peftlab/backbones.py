@@ -12,13 +12,11 @@ import timm
 import torch
 from torch import nn
 
+from peftlab.weights import WeightsError, load_weights_file
+
 log = logging.getLogger(__name__)
 
 HUB_HOST = "huggingface.co"
-
-
-class WeightsError(FileNotFoundError):
-    """Pretrained weights could not be found or loaded."""
 
 
 def create_backbone(
@@ -29,6 +27,7 @@ def create_backbone(
     head_init: str = "zeros",
     branch_dropout: float = 0.0,
     model_kwargs: dict[str, Any] | None = None,
+    allow_unexpected_keys: bool = False,
 ) -> nn.Module:
     """Create a timm model with a fresh ``num_classes`` head.
 
@@ -42,6 +41,8 @@ def create_backbone(
         branch_dropout: element-wise dropout on each block's attention and MLP branch outputs, rising linearly from 0
             (first block) to this rate (last block): what the RLRR code calls "drop_path" (not stochastic depth).
         model_kwargs: extra architecture arguments for ``timm.create_model`` (``img_size``, ``patch_size``, ...).
+        allow_unexpected_keys: accept a weights file holding tensors the model does not have (missing backbone
+            tensors are always an error).
     """
     kwargs = dict(model_kwargs or {})
     if weights_file:
@@ -52,6 +53,10 @@ def create_backbone(
                 f"(e.g. a downloaded pytorch_model.bin / model.safetensors / ViT-B_16.npz for {name}), "
                 f"or backbone.pretrained=false for a random init."
             )
+        if path.suffix != ".npz":  # loaded and checked key by key (the .npz of the original ViT: timm's loader)
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+            load_weights_file(model, path, allow_unexpected_keys)
+            return finish_backbone(model, head_init, branch_dropout)
         kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
         pretrained = True
     elif pretrained:
@@ -66,6 +71,10 @@ def create_backbone(
             f"Without network access, download the checkpoint elsewhere and pass it as a local file: "
             f"backbone.weights_file=/path/to/model.safetensors (or set PEFTLAB_WEIGHTS / paths.weights_dir)."
         ) from err
+    return finish_backbone(model, head_init, branch_dropout)
+
+
+def finish_backbone(model: nn.Module, head_init: str, branch_dropout: float) -> nn.Module:
     set_branch_dropout(model, branch_dropout)
     if head_init == "zeros":
         reset_head_to_zeros(model)

@@ -62,6 +62,13 @@ def build(cfg: DictConfig, loggers: bool = True) -> Built:
     return Built(datamodule=datamodule, method=method, module=module, trainer=trainer)
 
 
+def validate(cfg: DictConfig) -> None:
+    """Every cheap check of ``cfg`` (options, cross-group facts, the method's options), before anything is written."""
+    check_config(cfg)
+    build_method(cfg)
+    effective_warmup_epochs(cfg, warn=False)
+
+
 def create(node: Any, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that re-raises input errors (bad values) as themselves, not wrapped by Hydra."""
     try:
@@ -169,4 +176,4 @@ def instantiate_dict(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry with a ``_target_`` (entries set to null are skipped)."""
     if not group:
         return []
-    return [instantiate(c, _convert_="all") for c in group.values() if c is not None and "_target_" in c]
+    return [create(c) for c in group.values() if c is not None and "_target_" in c]

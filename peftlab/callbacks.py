@@ -3,6 +3,7 @@ one resumable checkpoint, ``last.ckpt``."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import logging
 import os
@@ -135,3 +136,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def keep_csv_history(trainer: L.Trainer, before_step: int) -> None:
+    """On resume, Lightning's CSV logger starts ``metrics.csv`` afresh (it deletes the file): put back the rows logged
+    before the checkpoint's step; later rows (logged after the checkpoint, before the kill) are logged again."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    for logger in trainer.loggers:
+        path = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if path is None or not path.is_file():
+            continue
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            keys = list(reader.fieldnames or [])
+            rows = [row for row in reader if row.get("step", "").isdigit() and int(row["step"]) < before_step]
+        writer = logger.experiment  # creating the writer removes the old file
+        with path.open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=keys)
+            out.writeheader()
+            out.writerows(rows)
+        writer.metrics_keys = keys

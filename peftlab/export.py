@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,10 @@ from safetensors.torch import save_file
 from peftlab.build import build_method, build_model
 from peftlab.checkpoint import load_checkpoint, model_state, run_config
 from peftlab.conf import CONFIG_PATH
+from peftlab.methods import NotMergeableError
 from peftlab.methods.inject import merge_and_unload
 from peftlab.methods.state import load_trainable_state_dict
-from peftlab.results import atomic_write_text
+from peftlab.results import atomic_write_text, umask_mode
 from peftlab.utils import run_cli
 
 log = logging.getLogger("peftlab")
@@ -34,16 +37,39 @@ def export(cfg: DictConfig) -> Path:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     run_cfg = run_config(checkpoint, cfg.overrides)
     method = build_method(run_cfg)
+    if cfg.merge and not method.mergeable:
+        raise ExportError(
+            f"method {method.name!r} cannot be merged into the backbone (it adds computation that is not a weight "
+            "change): export the adapted model with merge=false"
+        )
     model = build_model(run_cfg, method).eval()
     load_trainable_state_dict(model, model_state(checkpoint))
     if cfg.merge:
         model = merge_checked(model, image_size=run_cfg.data.image_size)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata={"timm_name": str(run_cfg.backbone.name), "merged": str(bool(cfg.merge))})
+    metadata = {"timm_name": str(run_cfg.backbone.name), "merged": str(bool(cfg.merge))}
+    atomic_save_file(tensors, out, metadata)
     atomic_write_text(out.with_suffix(".json"), json.dumps(export_info(run_cfg, method.name, cfg.merge), indent=2))
     print(f"exported {'merged' if cfg.merge else 'adapted'} {method.name} model to {out}", flush=True)
     return out
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked."""
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], out: Path, metadata: dict[str, str]) -> None:
+    """safetensors through a temp file and a rename (no half-written export), with the umask's file mode."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        os.close(fd)
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, umask_mode())  # mkstemp's 0600 otherwise
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @torch.no_grad()
@@ -51,7 +77,10 @@ def merge_checked(model: torch.nn.Module, image_size: int, atol: float = 1e-4) -
     """Merge, then verify on a random batch that the merged model computes what the adapted model computed."""
     x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     expected = model(x)
-    merged = merge_and_unload(model)
+    try:
+        merged = merge_and_unload(model)
+    except NotMergeableError as err:
+        raise ExportError(str(err)) from None
     err = (merged(x) - expected).abs().max().item()
     if err > atol * max(1.0, expected.abs().max().item()):
         raise RuntimeError(f"merged model differs from the adapted model by {err:.3g}; refusing to export")

@@ -24,7 +24,7 @@ def check_options(cfg: DictConfig) -> None:
     _check_int(cfg.data.get("eval_batch_size"), "data.eval_batch_size", minimum=1, example="data.eval_batch_size=128")
     _check_int(cfg.trainer.get("max_epochs"), "trainer.max_epochs", minimum=0, example="trainer.max_epochs=100")
     optim = cfg.optim
-    _check_number(optim.get("lr"), "optim.lr", "a number > 0", lambda v: v > 0, "optim.lr=1e-3")
+    _check_number(optim.get("lr"), "optim.lr", "a number > 0", lambda v: v > 0, "1e-3")
     _check_number(optim.get("weight_decay"), "optim.weight_decay", "a number >= 0", lambda v: v >= 0, "1e-4 or 0")
     _check_number(
         optim.get("label_smoothing", 0.0), "optim.label_smoothing", "a number in [0, 1)", lambda v: 0 <= v < 1, "0.1"
@@ -71,7 +71,7 @@ def check_targets(method: Any) -> None:
         )
 
 
-def effective_warmup_epochs(cfg: DictConfig) -> float:
+def effective_warmup_epochs(cfg: DictConfig, warn: bool = True) -> float:
     """The warm-up actually used. A warm-up that is not shorter than the run (``trainer.max_epochs=5`` with the
     papers' 10 warm-up epochs) would never reach the cosine decay: it is scaled to the same fraction of the run as
     in the protocol (10 of 100 epochs -> 0.5 of 5), with a warning; the schedule used is recorded in results.json.
@@ -87,6 +87,8 @@ def effective_warmup_epochs(cfg: DictConfig) -> float:
             f"trainer.max_epochs (e.g. optim.warmup_epochs={epochs / 10:g})"
         )
     scaled = warmup * epochs / protocol
+    if not warn:
+        return scaled
     log.warning(
         "optim.warmup_epochs=%g is not shorter than trainer.max_epochs=%d: warm-up scaled to %.3g epochs (the "
         "protocol's %g of %d epochs) so the cosine decay still happens; set optim.warmup_epochs below "

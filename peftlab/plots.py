@@ -150,7 +150,9 @@ _BLOCK_KEY = re.compile(r"(?:^|\.)blocks\.(\d+)\.(.+)$")
 
 def load_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint as a dict with a ``state_dict`` (a plain state dict is wrapped)."""
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    from peftlab.checkpoint import safe_torch_load  # weights_only: a crafted pickle cannot run code
+
+    payload = safe_torch_load(checkpoint)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         return payload
     if isinstance(payload, dict) and all(torch.is_tensor(v) for v in payload.values()):

@@ -24,6 +24,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode())  # mkstemp creates 0600; the final file gets the mode any new file would get
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -32,6 +33,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` less the process umask: what ``open()`` gives a new file (temp files ignore the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
 
 
 def write_results(output_dir: Path, payload: dict[str, Any]) -> Path:
@@ -124,6 +132,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, umask_mode())
         os.close(fd)
         try:
             super().save_checkpoint(checkpoint, tmp, storage_options)

@@ -17,7 +17,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.build import Built, build
+from peftlab.build import Built, build, validate
+from peftlab.callbacks import keep_csv_history
+from peftlab.checkpoint import load_checkpoint
 from peftlab.conf import CONFIG_PATH
 from peftlab.lifecycle import (
     FAILED_JOBS,
@@ -31,7 +33,6 @@ from peftlab.lifecycle import (
     record_failed_job,
 )
 from peftlab.methods.state import count_parameters
-from peftlab.options import check_options
 from peftlab.results import (
     COMPLETE,
     FAILED,
@@ -60,7 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output dir already holds a complete ``results.json`` is skipped (never retrained or overwritten). A SIGTERM or
     SIGINT saves ``last.ckpt``, records ``interrupted`` and raises :class:`Interrupted`.
     """
-    check_options(cfg)
+    validate(cfg)
     output_dir = Path(cfg.paths.output_dir).resolve()
     with RunLock(output_dir) if is_rank_zero() else nullcontext(), StopSignals() as signals:
         if is_complete(output_dir):
@@ -76,11 +77,14 @@ def train_locked(cfg: DictConfig, output_dir: Path, signals: StopSignals) -> dic
     built = build(cfg)
     signals.trainer = built.trainer
     check_data(built)
+    ckpt_path = resolve_ckpt_path(cfg, output_dir)
+    if ckpt_path and is_rank_zero():
+        keep_csv_history(built.trainer, before_step=load_checkpoint(ckpt_path)["global_step"])
     results = initial_results(cfg, built, output_dir, started)
     if is_rank_zero():
         write_results(output_dir, results)
     try:
-        built.trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
+        built.trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = final_evaluation(cfg, built)
         if signals.received:  # a signal between two Lightning loops
             raise Interrupted(signals.received)
@@ -178,11 +182,13 @@ def reported_metric(split: str) -> str:
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
-    """``ckpt_path=last`` resumes this run's last checkpoint; an existing one is also resumed automatically."""
+    """``ckpt_path=last`` resumes this run's last checkpoint; an existing one is also resumed automatically. The file
+    is checked first (loaded with ``weights_only``): a corrupt or hostile checkpoint is one clear error."""
     last = output_dir / "checkpoints" / "last.ckpt"
     if cfg.ckpt_path in (None, "last"):
         if last.is_file():
             log.info("resuming from %s", last)
+            load_checkpoint(last)
             return str(last)
         if cfg.ckpt_path == "last":
             raise FileNotFoundError(f"ckpt_path=last but {last} does not exist; start without ckpt_path")
@@ -190,6 +196,7 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     path = Path(cfg.ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r} does not exist; give a .ckpt file or 'last'")
+    load_checkpoint(path)
     return str(path)
 
 
@@ -208,7 +215,9 @@ def evaluate_split(built: Built, ckpt_path: str | None = None) -> dict[str, floa
     """Accuracy on the eval split: ``val/*`` on val200 when searching, ``test/*`` on the test set when final."""
     evaluate = built.trainer.validate if built.datamodule.split == "search" else built.trainer.test
     metrics: dict[str, float] = {}
-    for out in evaluate(built.module, datamodule=built.datamodule, ckpt_path=ckpt_path, verbose=False):
+    for out in evaluate(
+        built.module, datamodule=built.datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True
+    ):
         metrics.update({k: float(v) for k, v in out.items()})
     return metrics
 

@@ -187,8 +187,8 @@ def test_a_command_line_axis_replaces_the_sweeps_axis(hydra_conf):
 
 
 def run_sweep(env: dict[str, str]) -> subprocess.CompletedProcess:
-    args = ["sweep=lr_wd_grid", "method=linear", "optim.lr=1e-3,2e-3", "optim.weight_decay=0", "debug=limit"]
-    args += ["trainer.max_epochs=1", "+backbone.model_kwargs.depth=2"]
+    args = ["sweep=lr_wd_grid", "method=linear", "optim.lr=1e-3,2e-3", "optim.weight_decay=0", "optim.warmup_epochs=0"]
+    args += ["trainer.max_epochs=1", "+backbone.model_kwargs.depth=2"]  # a whole epoch: debug=limit is never complete
     return subprocess.run(
         [sys.executable, "-m", "peftlab.train", *args], env=env, capture_output=True, text=True, timeout=600
     )

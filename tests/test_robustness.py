@@ -65,7 +65,12 @@ def test_killed_run_resumes_to_the_same_final_metrics(cli_env, tmp_path):
     assert got["train_info"]["global_step"] == expected["train_info"]["global_step"]
     epochs_logged = [row["epoch"] for row in csv_rows(run_dir) if row.get("train/loss_epoch")]
     assert epochs_logged == [str(e) for e in range(epochs)], "the per-epoch history must survive the resume"
-    assert all(row in csv_rows(run_dir) for row in rows_before if row["epoch"] <= str(saved["epoch"]))
+    after = [filled(row) for row in csv_rows(run_dir)]  # columns logged later (test/*) are empty in earlier rows
+    assert all(filled(row) in after for row in rows_before if int(row["epoch"]) <= saved["epoch"])
+
+
+def filled(row: dict) -> dict:
+    return {k: v for k, v in row.items() if v}
 
 
 def csv_rows(run_dir) -> list[dict]:
@@ -164,14 +169,14 @@ def test_bf16_mixed_precision_trains_on_cpu(make_cfg, method):
     """Methods with Householder/orthogonal math run under bf16 autocast (their math stays float32 inside)."""
     results = train(make_cfg(f"method={method}", "trainer.precision=bf16-mixed", "debug=limit", *DEMO_FAST))
     assert results["meta_info"]["precision"] == "bf16-mixed"
-    assert results["status"] == "complete" and math.isfinite(results["metrics"]["train/loss"])
+    assert results["status"] == "partial" and math.isfinite(results["metrics"]["train/loss"])  # debug=limit
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_trains_on_gpu(make_cfg, precision):
     results = train(make_cfg("method=rlrr", "trainer=gpu", f"trainer.precision={precision}", "debug=limit", *DEMO_FAST))
-    assert results["status"] == "complete" and results["meta_info"]["device"] != "cpu"
+    assert results["status"] == "partial" and results["meta_info"]["device"] != "cpu"  # debug=limit
 
 
 @pytest.mark.slow
@@ -181,6 +186,6 @@ def test_compiled_training_keeps_plain_checkpoint_keys(make_cfg, tmp_path):
     from peftlab.methods.state import trainable_state_dict
 
     cfg = make_cfg("trainer.compile=true", "debug=limit", "trainer.max_epochs=1", *DEMO_FAST)
-    assert train(cfg)["status"] == "complete"
+    assert train(cfg)["status"] == "partial"  # debug=limit
     state = model_state(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt"))
     assert set(state) == set(trainable_state_dict(build(make_cfg(*DEMO_FAST), loggers=False).model))

@@ -53,6 +53,14 @@ def load_rgb(path: Path | str) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError:
         raise DataError(Problem(str(path), "image file is missing", _REGENERATE)) from None
+    except Image.DecompressionBombError as error:
+        raise DataError(
+            Problem(
+                str(path),
+                f"image is too large to decode safely (a decompression bomb? {error})",
+                "replace it with a normal-size image (the protocol resizes to a few hundred pixels anyway)",
+            )
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(Problem(str(path), f"image cannot be decoded ({error})", _REGENERATE)) from None
 

@@ -102,7 +102,7 @@ def read_txt_split(task_dir: Path, split: str) -> tuple[LabeledImages, list[Prob
     images = LabeledImages(split, [path])
     if not path.is_file():
         return images, [Problem(str(path), "split file is missing", VTAB_SOURCE_FIX)]
-    problems = []
+    problems, first_line = [], {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -116,6 +116,16 @@ def read_txt_split(task_dir: Path, split: str) -> tuple[LabeledImages, list[Prob
                 )
             )
             continue
+        if fields[0] in first_line:
+            problems.append(
+                Problem(
+                    where(path, number),
+                    f"duplicate entry {fields[0]!r} (first listed on line {first_line[fields[0]]})",
+                    "list every image once: remove the repeated line or regenerate the split",
+                )
+            )
+            continue
+        first_line[fields[0]] = number
         images.paths.append(task_dir / fields[0])
         images.labels.append(int(fields[1]))
         images.origins.append(where(path, number))
