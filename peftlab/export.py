@@ -37,11 +37,6 @@ def export(cfg: DictConfig) -> Path:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     run_cfg = run_config(checkpoint, cfg.overrides)
     method = build_method(run_cfg)
-    if cfg.merge and not method.mergeable:
-        raise ExportError(
-            f"method {method.name!r} cannot be merged into the backbone (it adds computation that is not a weight "
-            "change): export the adapted model with merge=false"
-        )
     model = build_model(run_cfg, method).eval()
     load_trainable_state_dict(model, model_state(checkpoint))
     if cfg.merge:
