@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger("peftlab")
@@ -129,10 +130,6 @@ def partial_reasons(cfg: DictConfig) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- sweeps (multirun)
-#: failed jobs of this process's sweep: (job output dir, one-line reason)
-FAILED_JOBS: list[tuple[str, str]] = []
-
-
 def in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -140,15 +137,13 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def record_failed_job(output_dir: str, err: BaseException, user_error: bool) -> None:
-    """One sweep job failed: say so (one line for bad input, the traceback for anything else) and go on."""
-    reason = f"{type(err).__name__}: {one_line(err)}"
+def report_failed_job(output_dir: str, err: BaseException, user_error: bool) -> None:
+    """One sweep job failed: say so (one line for bad input, the traceback for anything else); the sweep goes on."""
     if user_error:
         print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
     else:
         traceback.print_exception(err, file=sys.stderr)
     print(f"job in {output_dir} failed; the sweep goes on", file=sys.stderr, flush=True)
-    FAILED_JOBS.append((output_dir, reason))
 
 
 def one_line(err: BaseException) -> str:
@@ -156,11 +151,26 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(message).split())
 
 
-def exit_with_sweep_summary() -> None:
-    """After a sweep: list the failed jobs and exit 1 if there were any (a scheduler then sees the failure)."""
-    if not FAILED_JOBS:
-        return
-    lines = [f"{len(FAILED_JOBS)} sweep job(s) failed:"]
-    lines += [f"  {job}: {reason[:300]}" for job, reason in FAILED_JOBS]
-    print("\n".join(lines), file=sys.stderr, flush=True)
-    sys.exit(1)
+def failed_jobs(sweep_dir: Path) -> list[tuple[str, str]]:
+    """(job dir, error) of every job under ``sweep_dir`` whose results.json says ``failed``."""
+    from peftlab.results import RESULTS_FILE, read_results
+
+    failed = []
+    for path in sorted(Path(sweep_dir).rglob(RESULTS_FILE)):
+        results = read_results(path.parent) or {}
+        if results.get("status") == "failed":
+            failed.append((str(path.parent), " ".join(str(results.get("error")).split())))
+    return failed
+
+
+class SweepSummary(Callback):
+    """Hydra callback, run by the process that launched the sweep (whatever the launcher: jobs in-process, in
+    parallel processes or on SLURM): list the failed jobs and exit 1 when there are any."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failed = failed_jobs(Path(config.hydra.sweep.dir))
+        if not failed:
+            return
+        lines = [f"{len(failed)} sweep job(s) failed:", *(f"  {job}: {error[:300]}" for job, error in failed)]
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -22,15 +22,13 @@ from peftlab.callbacks import keep_csv_history
 from peftlab.checkpoint import load_checkpoint
 from peftlab.conf import CONFIG_PATH
 from peftlab.lifecycle import (
-    FAILED_JOBS,
     Interrupted,
     RunDirBusy,
     RunLock,
     StopSignals,
-    exit_with_sweep_summary,
     in_multirun,
     partial_reasons,
-    record_failed_job,
+    report_failed_job,
 )
 from peftlab.methods.state import count_parameters
 from peftlab.results import (
@@ -294,7 +292,7 @@ def run_sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
         output_dir = Path(cfg.paths.output_dir).resolve()
         if is_rank_zero() and read_results(output_dir) is None and not isinstance(err, RunDirBusy):
             write_results(output_dir, failed_before_start(cfg, output_dir, err))
-        record_failed_job(str(output_dir), err, user_error=isinstance(err, USER_ERRORS))
+        report_failed_job(str(output_dir), err, user_error=isinstance(err, USER_ERRORS))
         return None
 
 
@@ -319,10 +317,9 @@ def failed_before_start(cfg: DictConfig, output_dir: Path, err: BaseException) -
 
 
 def main() -> None:
-    """``peftlab-train``: one run, or a sweep with ``-m`` (exit 1 after the sweep when any job failed)."""
-    FAILED_JOBS.clear()
+    """``peftlab-train``: one run, or a sweep with ``-m`` (which exits 1 at the end when a job failed: the
+    ``SweepSummary`` callback of ``conf/hydra/default.yaml``)."""
     run()
-    exit_with_sweep_summary()
 
 
 if __name__ == "__main__":
