@@ -10,6 +10,7 @@ from peftlab.methods import NotMergeableError
 from peftlab.methods.adapter import AdapterConfig, AdaptFormerConfig, BottleneckAdapter
 from peftlab.methods.inject import merge_and_unload
 from tests.helpers import ATOL, AVERAGE_HEAD, HEAD_100, RTOL, assert_invalid, count_on, images, perturb, tiny_vit
+from tests.methods.equations import dense_mlp
 
 # FacT Table 1 and HTA-P Table 1 (VTAB-1k, ViT-B/16): Adapter 0.16 M and AdaptFormer 0.16 M, head excluded, h = 8
 # (FacT §4.1). Per block D·h + h + h·D + D = 6,144 + 8 + 6,144 + 768 = 13,064; × 12 blocks.
@@ -37,11 +38,6 @@ def randomised(config, seed: int = 3):
     model = config.apply(tiny_vit())
     perturb(model, scale=0.5, seed=seed)
     return base, model
-
-
-def dense_mlp(mlp, x):
-    """timm Mlp written out: GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂."""
-    return F.gelu(x @ mlp.fc1.weight.T + mlp.fc1.bias) @ mlp.fc2.weight.T + mlp.fc2.bias
 
 
 def test_sequential_forward_matches_formula():

@@ -22,6 +22,7 @@ from tests.helpers import (
     perturb,
     tiny_vit,
 )
+from tests.methods.equations import dense_adapter
 
 # docs/methods.md §4 [D], = RLRR-P supplement Table 4's 2·(D·D' + (D' + D)·L): shared U_att, U_mlp (2·768·50) plus per
 # block s_att, b_att, s_mlp, b_mlp (12·2·(50 + 768)). With the mean VTAB-1k head (38,045) 0.134 M, RLRR-P/HTA-P
@@ -44,11 +45,6 @@ def randomised(config=None, seed: int = 3):
     perturb(model, scale=0.5, seed=seed)
     base.head.load_state_dict(model.head.state_dict())  # the head trains too
     return base, model
-
-
-def dense_adapter(u, s, b):
-    """``h ↦ h (I + U diag(s) Uᵀ) + b`` as a dense matrix ``M`` and bias."""
-    return torch.eye(u.shape[0]) + u @ torch.diag(s) @ u.T, b
 
 
 def test_forward_is_the_adapter_on_the_layernorm_outputs():

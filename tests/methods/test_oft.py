@@ -22,6 +22,7 @@ from tests.helpers import (
     tiny_vit,
     with_qv_weights,
 )
+from tests.methods.equations import dense_rotation
 
 #: No published OFT count for ViT-B/16 on VTAB-1k/FGVC was available (the OFT paper evaluates Stable Diffusion).
 #: Derived for the default (W_q, W_v of 12 blocks, 32×32 blocks): 768 / 32 = 24 blocks per matrix, each with
@@ -35,21 +36,6 @@ def test_parameter_count_on_vit_b16():
     assert count_on(OftConfig())["trainable"] == OFT_VIT_B16
     assert count_on(OftConfig(), num_classes=100)["trainable"] == OFT_VIT_B16 + HEAD_100
     assert count_on(OftConfig(block_size=None, r=4))["trainable"] == OFT_R4_VIT_B16
-
-
-def dense_rotation(free: torch.Tensor, block: int) -> torch.Tensor:
-    """R = diag(R_1, …) with R_i = (I + Q_i)(I − Q_i)⁻¹, Q_i filled row by row from its strict upper triangle."""
-    blocks = []
-    for entries in free.detach().double():
-        q = torch.zeros(block, block, dtype=torch.float64)
-        k = 0
-        for i in range(block):
-            for j in range(i + 1, block):
-                q[i, j], q[j, i] = entries[k], -entries[k]
-                k += 1
-        eye = torch.eye(block, dtype=torch.float64)
-        blocks.append((eye + q) @ torch.linalg.inv(eye - q))
-    return torch.block_diag(*blocks)
 
 
 def rotated(w_torch: torch.Tensor, layer, block: int) -> torch.Tensor:
