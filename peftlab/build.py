@@ -9,16 +9,18 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from peftlab.backbones import data_config
 from peftlab.callbacks import is_progress_bar, progress_callback
+from peftlab.dashboard import wandb_settings
 from peftlab.methods import MethodConfig
 from peftlab.module import ClassificationModule
 from peftlab.options import ConfigError, check_options, check_targets, effective_warmup_epochs
+from peftlab.protocol import protocol
 from peftlab.results import AtomicCheckpointIO
 from peftlab.utils import USER_ERRORS
 
@@ -56,6 +58,7 @@ def build(cfg: DictConfig, loggers: bool = True) -> Built:
     recipe["warmup_epochs"] = effective_warmup_epochs(cfg)
     module = ClassificationModule(model=model, num_classes=cfg.data.num_classes, **recipe)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.eval_stage = protocol(cfg.data.split).stage
     if cfg.trainer.get("compile"):
         compile_in_place(module.model)
     trainer = build_trainer(cfg, method, with_loggers=loggers)
@@ -148,28 +151,22 @@ def build_trainer(cfg: DictConfig, method: MethodConfig, with_loggers: bool = Tr
 
 
 def build_loggers(cfg: DictConfig, method: MethodConfig) -> list[Any]:
-    """Loggers from the ``logger`` group; W&B runs get grouped by experiment and tagged by method/task/seed."""
+    """Loggers from the ``logger`` group; a W&B run gets the resolved config, name, group, job type and tags
+    (``dashboard.py``)."""
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if logger_cfg is None or "_target_" not in logger_cfg:
             continue
-        extra = {}
-        if logger_cfg._target_.endswith("WandbLogger"):
-            extra = wandb_identity(cfg, method)
         try:
-            loggers.append(instantiate(logger_cfg, **extra, _convert_="all"))
+            if logger_cfg._target_.endswith("WandbLogger"):  # called directly: `config` is instantiate's own argument
+                kwargs = OmegaConf.to_container(logger_cfg, resolve=True)
+                logger_class = get_class(kwargs.pop("_target_"))
+                loggers.append(logger_class(**{**kwargs, **wandb_settings(cfg, method.name)}))
+            else:
+                loggers.append(instantiate(logger_cfg, _convert_="all"))
         except ModuleNotFoundError as err:
             raise ConfigError(f"logger={name} needs the package {err.name!r}: pip install {err.name}") from err
     return loggers
-
-
-def wandb_identity(cfg: DictConfig, method: MethodConfig) -> dict[str, Any]:
-    tags = [*cfg.logger.wandb.get("tags", []), f"method:{method.name}", f"task:{cfg.data.task}", f"seed:{cfg.seed}"]
-    return {
-        "group": cfg.logger.wandb.get("group") or cfg.experiment_name,
-        "tags": tags,
-        "name": cfg.logger.wandb.get("name") or f"{method.name}-{cfg.data.task}-s{cfg.seed}",
-    }
 
 
 def instantiate_dict(group: DictConfig | None) -> list[Any]:

@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 from peftlab.build import build
 from peftlab.checkpoint import load_checkpoint, run_config
 from peftlab.conf import CONFIG_PATH
+from peftlab.protocol import evaluate as evaluate_protocol_split
 from peftlab.results import atomic_write_text, now
-from peftlab.train import evaluate_split
 from peftlab.utils import run_cli
 
 log = logging.getLogger("peftlab")
@@ -27,7 +27,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_cfg.paths.output_dir = str(Path(cfg.paths.output_dir).resolve())
     run_cfg.callbacks = None
     built = build(run_cfg, loggers=False)
-    metrics = evaluate_split(built, ckpt_path=ckpt_path)
+    metrics = evaluate_protocol_split(built.trainer, built.module, built.datamodule, ckpt_path=ckpt_path)
     results = {"ckpt_path": ckpt_path, "split": built.datamodule.split, "metrics": metrics, "evaluated_at": now()}
     out = Path(run_cfg.paths.output_dir) / "eval_results.json"
     atomic_write_text(out, json.dumps(results, indent=2) + "\n")

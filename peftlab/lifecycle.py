@@ -153,13 +153,13 @@ def one_line(err: BaseException) -> str:
 
 def failed_jobs(sweep_dir: Path) -> list[tuple[str, str]]:
     """(job dir, error) of every job under ``sweep_dir`` whose results.json says ``failed``."""
-    from peftlab.results import RESULTS_FILE, read_results
+    from peftlab.results import FAILED, RESULTS_FILE, read_record
 
     failed = []
     for path in sorted(Path(sweep_dir).rglob(RESULTS_FILE)):
-        results = read_results(path.parent) or {}
-        if results.get("status") == "failed":
-            failed.append((str(path.parent), " ".join(str(results.get("error")).split())))
+        record = read_record(path.parent)
+        if record is not None and record.status == FAILED:
+            failed.append((str(path.parent), " ".join(str(record.error).split())))
     return failed
 
 

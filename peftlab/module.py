@@ -61,6 +61,7 @@ class ClassificationModule(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.strict_loading = False  # checkpoints hold trainable tensors only; checked in on_load_checkpoint
         self.run_config: dict[str, Any] | None = None  # the resolved training config, saved in checkpoints
+        self.eval_stage = "val"  # the name the per-epoch evaluation is logged under: the split it measures (protocol)
         self.best_val_acc: float | None = None
         self.best_val_epoch: int | None = None
         self.check_finite_every_n_steps = check_finite_every_n_steps
@@ -134,7 +135,7 @@ class ClassificationModule(L.LightningModule):
         self.raise_if_non_finite()
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val", self.val_acc)
+        self._step(batch, self.eval_stage, self.val_acc)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test", self.test_acc)
@@ -142,7 +143,7 @@ class ClassificationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        acc = self.trainer.callback_metrics.get("val/acc")
+        acc = self.trainer.callback_metrics.get(f"{self.eval_stage}/acc")
         if acc is not None and (self.best_val_acc is None or float(acc) > self.best_val_acc):
             self.best_val_acc, self.best_val_epoch = float(acc), self.current_epoch
 

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+import peftlab.identity  # noqa: F401  (registers the resolver sweep configs use, as the entry points do)
 from peftlab.conf import CONFIG_DIR as CONF
 from peftlab.conf import USER_CONFIG_ENV
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -19,7 +20,7 @@ from omegaconf.errors import InterpolationKeyError
 
 from peftlab.build import build_method
 from peftlab.data.catalog import FGVC_TASKS, VTAB_TASKS
-from peftlab.results import RESULTS_FILE
+from peftlab.results import RESULTS_FILE, RunRecord
 from tests.conftest import CONF
 
 BENCHMARK_TASKS = {"vtab1k": [f"vtab1k/{t}" for t in VTAB_TASKS], "fgvc": [f"fgvc/{t}" for t in FGVC_TASKS]}
@@ -158,7 +159,7 @@ def test_sweeps_compose_as_multiruns_with_parseable_params(hydra_conf, sweep):
     cfg = compose("train", overrides=[f"sweep={sweep}"], return_hydra_config=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.sweep.name == sweep
     assert cfg.hydra.sweep.dir == f"{cfg.paths.log_dir}/sweeps/{sweep}/default"
-    assert cfg.hydra.sweep.subdir == "demo/"  # ${data.task}/${hydra.job.override_dirname}, resolved for no overrides
+    assert cfg.hydra.sweep.subdir == "demo/defaults"  # ${data.task}/<semantic overrides>, resolved for none
     jobs = sweep_jobs(cfg)
     assert jobs and all((CONF / "data" / f"{job['data']}.yaml").is_file() for job in jobs)
 
@@ -186,15 +187,16 @@ def test_a_command_line_axis_replaces_the_sweeps_axis(hydra_conf):
 # ------------------------------------------------------------------------------------------------ resume
 
 
-def run_sweep(env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_sweep(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
     args = ["sweep=lr_wd_grid", "method=linear", "optim.lr=1e-3,2e-3", "optim.weight_decay=0", "optim.warmup_epochs=0"]
-    args += ["trainer.max_epochs=1", "+backbone.model_kwargs.depth=2"]  # a whole epoch: debug=limit is never complete
+    args += [*extra, "trainer.max_epochs=1", "+backbone.model_kwargs.depth=2"]  # a whole epoch: debug=limit is partial
     return subprocess.run(
         [sys.executable, "-m", "peftlab.train", *args], env=env, capture_output=True, text=True, timeout=600
     )
 
 
-def test_rerunning_a_sweep_skips_finished_jobs_and_selects_on_val(cli_env, tmp_path):
+@pytest.mark.slow
+def test_rerunning_a_sweep_skips_finished_jobs_and_selects_on_val(cli_env, tmp_path, capsys):
     from peftlab.search import main as search_main
 
     first = run_sweep(cli_env)
@@ -205,13 +207,26 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_selects_on_val(cli_env, tmp_p
     assert {json.loads(p.read_text())["status"] for p in paths} == {"complete"}
     before = {p: p.read_bytes() for p in paths}
 
-    second = run_sweep(cli_env)
+    second = run_sweep(cli_env, "logger=wandb", "logger.wandb.offline=True")  # another logger: same job dirs
     assert second.returncode == 0, second.stderr[-3000:]
     assert (second.stdout + second.stderr).count("skipping") == 2
     assert {p: p.read_bytes() for p in sorted(sweep_dir.rglob(RESULTS_FILE))} == before
 
-    out = tmp_path / "method_data" / "demo_lr.yaml"
-    assert search_main(["select", str(sweep_dir), "--out", str(out)]) == 0
-    selected = OmegaConf.load(out).method_data.tasks.demo
+    assert search_main(["select", str(sweep_dir)]) == 0
+    command = capsys.readouterr().out.strip().splitlines()[-1]
+    selected = OmegaConf.load(sweep_dir / "selection" / "method_data" / "default_selected.yaml").method_data
     swept_lrs = {json.loads(p.read_text())["run_info"]["config"]["optim"]["lr"] for p in paths}
-    assert set(selected) == {"lr"} and selected.lr in swept_lrs and swept_lrs == {1e-3, 2e-3}
+    assert list(selected.varied) == ["optim.lr"] and swept_lrs == {1e-3, 2e-3}
+    assert selected.tasks.demo.optim.lr in swept_lrs and selected.tasks.demo.optim.weight_decay == 0
+
+    # the printed command, exactly as printed, runs the final run with the complete selected configuration
+    env = {**cli_env, "PATH": f"{Path(sys.executable).parent}:{cli_env.get('PATH', '')}"}
+    final = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    (result,) = (tmp_path / "logs" / "train" / "multiruns").rglob(RESULTS_FILE)
+    record = RunRecord.load(result)
+    assert record.counted() and record.experiment.split == "final" and record.reported.metric == "test/acc"
+    config = record.identity.config
+    assert config["optim.lr"] == selected.tasks.demo.optim.lr
+    assert config["optim.weight_decay"] == 0  # fixed by the grid, not the default 1e-4
+    assert (config["backbone.model_kwargs.depth"], config["trainer.max_epochs"]) == (2, 1)

@@ -35,12 +35,18 @@ from peftlab.data.images import load_rgb
 from peftlab.data.splits import read_txt_split
 from peftlab.lifecycle import LOCK_FILE, RunLock, partial_reasons
 from peftlab.options import effective_warmup_epochs
-from peftlab.results import RESULTS_FILE, AtomicCheckpointIO, atomic_write_text, read_results, write_results
-from peftlab.train import train, write_final_results
+from peftlab.results import RESULTS_FILE, AtomicCheckpointIO, Reported, RunRecord, atomic_write_text, read_record
+from peftlab.train import train, write_final_record
 from peftlab.utils import run_cli
 from peftlab.weights import WeightsError
 
 FAST = ["+backbone.model_kwargs.depth=2", "logger=none", "trainer.deterministic=true"]
+
+
+def read_results(run_dir: Path) -> dict | None:
+    """The run's results.json as a dict (None when absent or unreadable)."""
+    record = read_record(run_dir)
+    return None if record is None else record.to_dict()
 
 
 def cli_outcome(body, capsys) -> tuple[int, str]:
@@ -147,7 +153,7 @@ def test_partial_run_is_recorded_partial_with_its_schedule_and_never_counted(mak
 
     results = train(make_cfg("debug=limit", *FAST))
     saved = read_results(tmp_path / "run")
-    assert results["status"] == saved["status"] == "partial" and saved["reported"]["value"] is not None
+    assert results.status == saved["status"] == "partial" and saved["reported"]["value"] is not None
     assert "trainer.limit_test_batches=2 (not the whole split)" in saved["partial_reasons"]
     schedule = saved["train_info"]["schedule"]
     assert schedule["total_steps"] == 6 and schedule["warmup_steps"] == 3  # 2 epochs x 3 batches, 1 warm-up epoch
@@ -157,8 +163,8 @@ def test_partial_run_is_recorded_partial_with_its_schedule_and_never_counted(mak
 
 def test_zero_epochs_is_never_complete(make_cfg, tmp_path):
     results = train(make_cfg("trainer.max_epochs=0", *FAST))
-    assert results["status"] in ("partial", "incomplete")
-    assert read_results(tmp_path / "run")["status"] == results["status"]
+    assert results.status in ("partial", "incomplete")
+    assert read_results(tmp_path / "run")["status"] == results.status
 
 
 # ------------------------------------------------------------------------------------------ one writer per run
@@ -179,11 +185,11 @@ def test_lock_is_released_when_the_holder_ends(tmp_path):
 
 
 def test_a_complete_result_is_never_replaced(tmp_path):
-    complete = {"status": "complete", "reported": {"metric": "test/acc", "value": 0.9}}
-    write_results(tmp_path, complete)
+    complete = RunRecord(status="complete", reported=Reported("test/acc", 0.9))
+    complete.save(tmp_path)
     with pytest.raises(FileExistsError, match="became complete while this run was training"):
-        write_final_results(tmp_path, {"status": "complete", "reported": {"metric": "test/acc", "value": 0.1}})
-    assert read_results(tmp_path) == complete
+        write_final_record(tmp_path, RunRecord(status="complete", reported=Reported("test/acc", 0.1)))
+    assert RunRecord.load(tmp_path) == complete
 
 
 # -------------------------------------------------------------------------------------------- hostile checkpoints
@@ -453,7 +459,7 @@ def test_full_or_read_only_disk_is_one_line_naming_the_path(tmp_path, capsys, mo
         raise OSError(error, os.strerror(error), str(tmp_path / "out" / ".results.json.tmp"))
 
     monkeypatch.setattr("peftlab.results.os.replace", refuse)
-    code, stderr = cli_outcome(lambda: write_results(tmp_path / "out", {"status": "running"}), capsys)
+    code, stderr = cli_outcome(lambda: RunRecord().save(tmp_path / "out"), capsys)
     assert code == 2
     assert_one_error_line(stderr, f"cannot write ({tmp_path / 'out'}", os.strerror(error))
     assert left_on_disk(tmp_path / "out") == [], "no temp file left behind"
@@ -475,7 +481,7 @@ def test_written_files_respect_the_umask(tmp_path):
 
     old = os.umask(0o022)
     try:
-        write_results(tmp_path, {"status": "running"})
+        RunRecord().save(tmp_path)
         atomic_write_text(tmp_path / "eval_results.json", "{}")
         AtomicCheckpointIO().save_checkpoint({"w": torch.ones(1)}, tmp_path / "last.ckpt")
         atomic_save_file({"w": torch.ones(1)}, tmp_path / "model.safetensors", {})

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from peftlab.results import RESULTS_FILE, AtomicCheckpointIO, write_results
+from peftlab.results import RESULTS_FILE, AtomicCheckpointIO, RunRecord
 from peftlab.train import train
 
 DEMO_FAST = ["+backbone.model_kwargs.depth=2", "logger=none", "trainer.deterministic=true"]
@@ -94,7 +94,7 @@ def test_non_finite_loss_stops_with_a_clear_message(make_cfg, tmp_path):
 
 
 def test_atomic_writes_leave_no_partial_files(tmp_path):
-    write_results(tmp_path, {"status": "complete"})
+    RunRecord(status="complete").save(tmp_path)
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "ckpt" / "last.ckpt")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["ckpt", "last.ckpt", RESULTS_FILE]
 
@@ -168,15 +168,15 @@ def test_two_process_ddp_matches_one_process(cli_env, tmp_path):
 def test_bf16_mixed_precision_trains_on_cpu(make_cfg, method):
     """Methods with Householder/orthogonal math run under bf16 autocast (their math stays float32 inside)."""
     results = train(make_cfg(f"method={method}", "trainer.precision=bf16-mixed", "debug=limit", *DEMO_FAST))
-    assert results["meta_info"]["precision"] == "bf16-mixed"
-    assert results["status"] == "partial" and math.isfinite(results["metrics"]["train/loss"])  # debug=limit
+    assert results.meta_info["precision"] == "bf16-mixed"
+    assert results.status == "partial" and math.isfinite(results.metrics["train/loss"])  # debug=limit
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_trains_on_gpu(make_cfg, precision):
     results = train(make_cfg("method=rlrr", "trainer=gpu", f"trainer.precision={precision}", "debug=limit", *DEMO_FAST))
-    assert results["status"] == "partial" and results["meta_info"]["device"] != "cpu"  # debug=limit
+    assert results.status == "partial" and results.meta_info["device"] != "cpu"  # debug=limit
 
 
 @pytest.mark.slow
@@ -186,6 +186,6 @@ def test_compiled_training_keeps_plain_checkpoint_keys(make_cfg, tmp_path):
     from peftlab.methods.state import trainable_state_dict
 
     cfg = make_cfg("trainer.compile=true", "debug=limit", "trainer.max_epochs=1", *DEMO_FAST)
-    assert train(cfg)["status"] == "partial"  # debug=limit
+    assert train(cfg).status == "partial"  # debug=limit
     state = model_state(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt"))
     assert set(state) == set(trainable_state_dict(build(make_cfg(*DEMO_FAST), loggers=False).model))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -11,8 +12,9 @@ import torch
 
 from peftlab.build import build
 from peftlab.checkpoint import load_checkpoint, model_state
+from peftlab.identity import semantic_identity
 from peftlab.methods.state import trainable_state_dict
-from peftlab.results import RESULTS_FILE
+from peftlab.results import RESULTS_FILE, RunRecord
 from peftlab.train import train
 
 CHANCE = 1 / 4  # the demo has 4 classes
@@ -27,7 +29,7 @@ def run_cli(*args: str, env: dict[str, str], module: str = "peftlab.train", time
 
 def test_fast_dev_run_never_looks_complete(make_cfg, tmp_path):
     results = train(make_cfg("debug=fdr"))
-    assert results["status"] == "incomplete" and results["reported"]["value"] is None
+    assert results.status == "incomplete" and results.reported.value is None
     saved = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
     assert saved["status"] == "incomplete"
 
@@ -53,11 +55,11 @@ def trained_run(tmp_path_factory, data_dir):
 
 def test_short_run_learns_and_writes_results(trained_run):
     cfg, results, run_dir = trained_run
-    assert results["status"] == "complete"
-    assert results["reported"]["metric"] == "test/acc"
-    assert results["reported"]["value"] > CHANCE + MARGIN
+    assert results.status == "complete"
+    assert results.reported.metric == "test/acc"
+    assert results.reported.value > CHANCE + MARGIN
     saved = json.loads((run_dir / RESULTS_FILE).read_text())
-    assert saved["reported"] == results["reported"]
+    assert saved["reported"] == {"metric": "test/acc", "value": results.reported.value}
     assert saved["experiment"]["method"] == build(cfg, loggers=False).method.name
     assert saved["experiment"]["task"] == "demo" and saved["experiment"]["seed"] == cfg.seed
     for key in ("config", "git_sha", "command", "started_at", "finished_at"):
@@ -68,6 +70,24 @@ def test_short_run_learns_and_writes_results(trained_run):
     assert saved["train_info"]["wall_time_s"] > 0 and saved["train_info"]["peak_memory_mb"] > 0
     assert saved["data"]["mean"] and saved["data"]["image_size"] == cfg.data.image_size
     assert (run_dir / "csv" / "metrics.csv").is_file()
+
+
+def test_record_names_the_model_and_the_configuration(trained_run):
+    cfg, results, run_dir = trained_run
+    saved = RunRecord.load(run_dir)
+    assert saved.experiment.backbone == cfg.backbone.name  # the timm model, not the config group
+    assert saved.identity.hash == semantic_identity(cfg, saved.experiment.method)["hash"]
+    assert saved.identity.config["optim.lr"] == cfg.optim.lr and saved.counted()
+
+
+def test_final_split_logs_its_per_epoch_evaluation_as_test(trained_run):
+    """On split=final the per-epoch evaluation measures the test set: it is logged as test/acc, never val/acc."""
+    cfg, results, run_dir = trained_run
+    assert cfg.data.split == "final"
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "test/acc" in header and "val/acc" not in header
+    epochs = [line for line in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if line.get("test/acc")]
+    assert len(epochs) >= cfg.trainer.max_epochs  # one per epoch, plus the final evaluation
 
 
 def test_checkpoint_holds_only_trainable_tensors_and_loads_back(trained_run):
@@ -89,7 +109,7 @@ def test_eval_reproduces_the_final_accuracy(trained_run, make_cfg, tmp_path):
     cfg, results, run_dir = trained_run
     eval_cfg = make_cfg(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", config_name="eval")
     out = evaluate(eval_cfg)
-    assert out["metrics"]["test/acc"] == pytest.approx(results["reported"]["value"], abs=1e-6)
+    assert out["metrics"]["test/acc"] == pytest.approx(results.reported.value, abs=1e-6)
     assert (tmp_path / "run" / "eval_results.json").is_file()
 
 
@@ -115,26 +135,55 @@ def test_complete_run_is_skipped_not_overwritten(trained_run):
     before = path.read_bytes()
     again = train(cfg)
     assert path.read_bytes() == before
-    assert again["reported"] == results["reported"]
+    assert again.reported == results.reported
 
 
-def test_wandb_offline_run_writes_its_run_dir(make_cfg, tmp_path, monkeypatch):
+def test_wandb_offline_run_is_a_dashboard_entry(make_cfg, tmp_path, monkeypatch):
+    """Today's bug: the offline run's config was {'_wandb': {}} and grid points shared one name. Read back from the
+    offline run's file: the nested resolved config, name, job_type = split, tags, and the reported number."""
+    from tests.wandb_offline import read_offline_run
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    train(make_cfg("debug=limit", "trainer.max_epochs=1", "logger=wandb", "logger.wandb.offline=true"))
+    cfg = make_cfg("trainer.max_epochs=1", "+backbone.model_kwargs.depth=2", "logger=wandb", "data.split=search",
+                   "optim.lr=0.002", "logger.wandb.offline=true", "callbacks=none")  # fmt: skip
+    record = train(cfg)
     import wandb
 
     assert wandb.run is None, "the W&B run must be finished at the end of the job"
-    runs = list((tmp_path / "run").rglob("offline-run-*")) + list(tmp_path.rglob("offline-run-*"))
-    assert runs, "no offline W&B run directory was written"
+    (run_dir,) = {p.resolve() for p in tmp_path.rglob("offline-run-*") if p.is_dir()}
+    run = read_offline_run(run_dir)
+    config = run["config"]
+    assert config["optim"]["lr"] == 0.002 and config["data"]["split"] == "search"  # nested, as resolved
+    assert config["identity"]["hash"] == record.identity.hash
+    assert {"method", "backbone", "data", "optim", "trainer", "seed"} <= set(config)
+    assert run["job_type"] == "search" and run["group"] == "default" and run["name"].startswith("rlrr-demo-s42")
+    assert {"split:search", "method:rlrr", "task:demo", "seed:42"} <= set(run["tags"])
+    summary = run["summary"]
+    assert summary["reported/metric"] == "val/acc" and summary["reported/value"] == pytest.approx(record.reported.value)
+    saved = RunRecord.load(tmp_path / "run")
+    assert saved.run_info["wandb"]["id"] in run_dir.name  # the report links the run
+
+
+def test_wandb_settings_name_group_job_type_and_tags(make_cfg):
+    from peftlab.dashboard import wandb_settings
+
+    cfg = make_cfg("logger=wandb", "sweep=lr_wd_grid", "data.split=search")
+    settings = wandb_settings(cfg, "rlrr")
+    assert settings["group"] == "lr_wd_grid/default" and settings["job_type"] == "search"
+    assert {"split:search", "sweep:lr_wd_grid", "method:rlrr", "task:demo", "seed:42"} <= set(settings["tags"])
+    assert settings["config"]["optim"]["lr"] == cfg.optim.lr and "identity" in settings["config"]
 
 
 def test_multirun_gives_every_job_its_own_dir(cli_env, tmp_path):
-    proc = run_cli("-m", "method=full,linear", "seed=1,2", "debug=fdr", env=cli_env)
+    model = "vit_tiny_patch16_384"  # not the config group's default model
+    proc = run_cli("-m", "method=full,linear", "seed=1,2", "debug=fdr", f"backbone.name={model}", env=cli_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = sorted((tmp_path / "logs" / "train" / "multiruns").rglob(RESULTS_FILE))
     assert len(results) == 4
+    records = [RunRecord.load(path) for path in results]
+    assert {(r.experiment.backbone, r.experiment.backbone_config) for r in records} == {(model, "vit_tiny")}
     jobs = {
         (r["experiment"]["method"], r["experiment"]["seed"]) for r in map(lambda p: json.loads(p.read_text()), results)
     }

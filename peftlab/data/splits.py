@@ -9,13 +9,11 @@ from pathlib import Path
 
 from peftlab.data.catalog import TaskSpec
 from peftlab.data.errors import DataError, Problem, where
+from peftlab.protocol import FGVC_PROTOCOL, SPLITS, VTAB_PROTOCOL, check_split_name  # noqa: F401 (owned there)
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("search", "final")
 VTAB_EXPECTED_COUNTS = {"train800": 800, "val200": 200, "train800val200": 1000, "test": None}
-VTAB_PROTOCOL = {"search": (("train800",), ("val200",)), "final": (("train800val200",), ("test",))}
-FGVC_PROTOCOL = {"search": (("train",), ("val",)), "final": (("train", "val"), ("test",))}
 
 VTAB_SOURCE_FIX = (
     "generate VTAB-1k in the NOAH layout (NOAH's data/vtab-source/get_vtab1k.py, or an already processed copy "
@@ -51,15 +49,6 @@ class LabeledImages:
         self.paths += other.paths
         self.labels += other.labels
         self.origins += other.origins
-
-
-def check_split_name(split: str) -> None:
-    """Raises ValueError unless ``split`` is ``search`` or ``final``."""
-    if split not in SPLITS:
-        raise ValueError(
-            f"data.split={split!r} is not a protocol; use 'search' (train800 -> val200 / train -> val) "
-            "or 'final' (train800val200 -> test / train+val -> test)"
-        )
 
 
 def find_task_dir(root: Path, spec: TaskSpec, generator_hint: str) -> tuple[Path, str]:
