@@ -67,6 +67,7 @@ class RunRecord:
 
     status: str = RUNNING
     error: str | None = None
+    partial_reasons: list[str] = field(default_factory=list)  # why a ``partial`` run's numbers are not a result
     experiment: Experiment = field(default_factory=Experiment)
     identity: Identity = field(default_factory=Identity)
     reported: Reported = field(default_factory=Reported)

@@ -16,7 +16,7 @@ TIMM = "vit_base_patch16_224.orig_in21k"
 
 
 def write_run(root: Path, task: str, seed: int, acc: float, split: str = "final", wandb: dict | None = None,
-              **config) -> Path:  # fmt: skip
+              per_task: tuple[str, ...] = (), **config) -> Path:  # fmt: skip
     """A trainer-like record whose identity holds ``config`` (dotted keys) on top of method/backbone/data/seed."""
     full = {"method.name": "full", "backbone.name": TIMM, "backbone.weights": "pretrained", "data.dataset": "vtab1k",
             "data.task": task, "data.split": split, "optim.lr": 1e-3, "optim.weight_decay": 1e-4, "seed": seed,
@@ -32,7 +32,7 @@ def write_run(root: Path, task: str, seed: int, acc: float, split: str = "final"
             split=split,
             seed=seed,
         ),  # fmt: skip
-        identity=Identity(config=full, hash=identity_hash(full)),
+        identity=Identity(config=full, per_task=list(per_task), hash=identity_hash(full)),
         reported=Reported("val/acc" if split == "search" else "test/acc", acc),
         params={"trainable_without_head": 1000, "head": 769 * 47},
         run_info={"finished_at": "2026-11-29T10:00:00", "wandb": wandb},
@@ -118,3 +118,14 @@ def test_wandb_table_rows_link_their_runs(tmp_path):
     _, tables, _, _ = report.report([tmp_path], mode="none")
     (row,) = run_rows(tables)
     assert run_links(row) == "https://wandb.ai/me/peftlab/runs/id1 https://wandb.ai/me/peftlab/runs/id2"
+
+
+def test_a_recipe_with_per_task_values_is_one_row_across_tasks(tmp_path):
+    recipe = {"method_data.name": "rlrr_vtab1k", "per_task": ("optim.lr",)}
+    write_run(tmp_path, "dtd", 1, 0.7, **{"optim.lr": 2e-3}, **recipe)
+    write_run(tmp_path, "svhn", 1, 0.9, **{"optim.lr": 5e-3}, **recipe)
+    write_run(tmp_path, "dtd", 1, 0.5, **{"optim.lr": 1e-2})  # not the recipe: its own row
+    _, tables, _, _ = report.report([tmp_path], mode="none")
+    rows = {row.config.get("method_data.name"): row for row in run_rows(tables)}
+    assert set(rows["rlrr_vtab1k"].cells) >= {"dtd", "svhn"} and rows["rlrr_vtab1k"].config["optim.lr"] == "(per task)"
+    assert set(rows[None].cells) >= {"dtd"} and "svhn" not in rows[None].cells

@@ -14,7 +14,7 @@ from typing import Any
 
 from peftlab import published
 from peftlab.protocol import FINAL, SEARCH
-from peftlab.report.load import Layout, Run, layout_for
+from peftlab.report.load import PER_TASK, Layout, Run, layout_for
 
 PARAMS_HEAD, PARAMS_NO_HEAD = "params_m", "params_m_no_head"
 #: keys a row label already says (method · backbone [split]); never repeated as config columns
@@ -174,7 +174,19 @@ def run_row(runs: list[Run], layout: Layout) -> Row:
     label = f"{first.method} · {first.backbone}" + ("" if first.split == FINAL else f" [{first.split}]")
     meta = {"method": first.method, "backbone": first.backbone, "timm_name": first.timm_name, "split": first.split}
     seeds = _seed_range(map(len, per_task.values()))
-    return Row(label, "run", cells, params, seeds, "peftlab runs", meta, first.configuration, list(runs))
+    return Row(label, "run", cells, params, seeds, "peftlab runs", meta, shown_config(runs), list(runs))
+
+
+def shown_config(runs: Sequence[Run]) -> dict[str, Any]:
+    """The row's configuration with a per-task value shown as the value itself where all its runs share it."""
+    config = dict(runs[0].configuration)
+    for key, value in config.items():
+        if value == PER_TASK:
+            values = {
+                json.dumps(run.settings.get(key), sort_keys=True, default=str): run.settings.get(key) for run in runs
+            }
+            config[key] = next(iter(values.values())) if len(values) == 1 else PER_TASK
+    return config
 
 
 def published_row(row: published.PublishedRow, layout: Layout) -> Row:

@@ -12,6 +12,7 @@ from peftlab.data.catalog import FGVC_TASKS, VTAB_TASKS, TaskSpec, find_spec
 from peftlab.identity import TASK_KEYS
 from peftlab.results import FAILED, RunRecord, find_results
 
+PER_TASK = "(per task)"
 #: benchmarks with a fixed table layout: title and task catalog (tasks in the papers' order, grouped by spec.group)
 BENCHMARKS: dict[str, tuple[str, dict[str, TaskSpec]]] = {
     "vtab1k": ("VTAB-1k", VTAB_TASKS),
@@ -83,15 +84,21 @@ class Run:
         return self.status == FAILED
 
     @property
-    def configuration(self) -> dict[str, Any]:
-        """The run's semantic config without what a row spans: the task, task-chosen values and the seed.
-        Older records without an identity fall back to method, backbone, benchmark and split."""
+    def settings(self) -> dict[str, Any]:
+        """The run's semantic config without what a row spans: the task and the seed. Older records without an
+        identity fall back to method, backbone, benchmark and split."""
         identity = self.record.identity
         if not identity.config:
             return {"method.name": self.method, "backbone.name": self.timm_name, "data.dataset": self.dataset,
                     "data.split": self.split}  # fmt: skip
-        skip = TASK_KEYS | set(identity.per_task) | {"seed"}
-        return {k: v for k, v in identity.config.items() if k not in skip}
+        return {k: v for k, v in identity.config.items() if k not in TASK_KEYS and k != "seed"}
+
+    @property
+    def configuration(self) -> dict[str, Any]:
+        """What makes a row: ``settings`` with the values a recipe chooses per task (``method_data``) marked as
+        such, so one recipe is one row across its tasks."""
+        per_task = set(self.record.identity.per_task)
+        return {k: PER_TASK if k in per_task else v for k, v in self.settings.items()}
 
     def describe(self) -> str:
         return f"{self.method} / {self.backbone} / {self.dataset}/{self.task} / seed {self.seed} ({self.path})"

@@ -24,7 +24,7 @@ SHORT_NAMES = {
 
 def config_names(keys: Sequence[str]) -> dict[str, str]:
     """Short column names for config keys: the last part (``optim.lr`` -> ``lr``) unless two keys share it."""
-    last = {key: key.rsplit(".", 1)[-1] for key in keys}
+    last = {key: "recipe" if key == "method_data.name" else key.rsplit(".", 1)[-1] for key in keys}
     counts = list(last.values())
     return {key: name if counts.count(name) == 1 else key for key, name in last.items()}
 
