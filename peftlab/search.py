@@ -269,6 +269,7 @@ def final_command(choices: dict[str, Choice], config_dir: Path, name: str) -> st
 def format_values(values: tuple[tuple[str, Any], ...]) -> str:
     return ", ".join(f"{key}={value}" for key, value in values)
 
+
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
