@@ -147,14 +147,17 @@ def open_study(cfg: DictConfig) -> Any:
         if search.pruner == "median"
         else optuna.pruners.NopPruner()
     )
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         study_name=str(search.study_name),
         direction=str(search.direction),
-        sampler=optuna.samplers.TPESampler(seed=search.seed),
         pruner=pruner,
         load_if_exists=True,
     )
+    # a resumed study (or a later worker) must not replay the first samples: offset the seed by the trials so far;
+    # workers started at the same moment need their own search.seed (e.g. search.seed=$SLURM_ARRAY_TASK_ID)
+    study.sampler = optuna.samplers.TPESampler(seed=int(search.seed) + len(study.trials))
+    return study
 
 
 class PruningCallback(L.Callback):

@@ -47,6 +47,7 @@ def test_study_runs_trials_as_run_dirs_resumes_and_hands_over(tmp_path, data_dir
 
     again = run_search(args(tmp_path, data_dir, "search.n_trials=2", "search.pruner=none"))  # resumes the study
     assert len(again.trials) == 2 and len(list(directory.rglob(RESULTS_FILE))) == 2
+    assert again.trials[0].params != again.trials[1].params  # a resumed study does not replay its first sample
 
     capsys.readouterr()
     assert search_main(["select", str(directory)]) == 0
