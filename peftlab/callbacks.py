@@ -81,6 +81,8 @@ class LastCheckpoint(ModelCheckpoint):
     def write_last(self, trainer: L.Trainer) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run or trainer.global_step == self._last_global_step_saved:
             return
+        for logger in trainer.loggers:  # the logged history on disk reaches the checkpoint (a kill loses neither)
+            logger.save()
         trainer.save_checkpoint(self.last_path)
         self.last_model_path = str(self.last_path)
         self._last_global_step_saved = trainer.global_step
