@@ -66,7 +66,7 @@ def test_killed_run_resumes_to_the_same_final_metrics(cli_env, tmp_path):
     epochs_logged = [row["epoch"] for row in csv_rows(run_dir) if row.get("train/loss_epoch")]
     assert epochs_logged == [str(e) for e in range(epochs)], "the per-epoch history must survive the resume"
     after = [filled(row) for row in csv_rows(run_dir)]  # columns logged later (test/*) are empty in earlier rows
-    assert all(filled(row) in after for row in rows_before if int(row["epoch"]) <= saved["epoch"])
+    assert all(filled(row) in after for row in rows_before if int(row["epoch"] or 0) <= saved["epoch"])
 
 
 def filled(row: dict) -> dict:
