@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import socket
@@ -44,7 +45,10 @@ def create_backbone(
         allow_unexpected_keys: accept a weights file holding tensors the model does not have (missing backbone
             tensors are always an error).
     """
+    check_model_name(name)
     kwargs = dict(model_kwargs or {})
+    check_patch_size(name, kwargs.get("patch_size"), pretrained and not weights_file)  # a file may match it
+    source = f"file:{Path(weights_file).expanduser()}" if weights_file else "hub" if pretrained else "random init"
     if weights_file:
         path = Path(weights_file).expanduser()
         if not path.is_file():
@@ -56,13 +60,14 @@ def create_backbone(
         if path.suffix != ".npz":  # loaded and checked key by key (the .npz of the original ViT: timm's loader)
             model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
             load_weights_file(model, path, allow_unexpected_keys)
+            model.peftlab_weights = source
             return finish_backbone(model, head_init, branch_dropout)
         kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
         pretrained = True
     elif pretrained:
         _go_offline_if_hub_unreachable()
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        model = _create_model(name, pretrained, num_classes, kwargs)
     except (OSError, RuntimeError, ValueError) as err:
         if not pretrained:
             raise
@@ -71,6 +76,7 @@ def create_backbone(
             f"Without network access, download the checkpoint elsewhere and pass it as a local file: "
             f"backbone.weights_file=/path/to/model.safetensors (or set PEFTLAB_WEIGHTS / paths.weights_dir)."
         ) from err
+    model.peftlab_weights = _weights_source(model, source)
     return finish_backbone(model, head_init, branch_dropout)
 
 
@@ -81,6 +87,59 @@ def finish_backbone(model: nn.Module, head_init: str, branch_dropout: float) -> 
     elif head_init != "default":
         raise ValueError(f"backbone.head_init={head_init!r} is invalid: expected 'zeros' or 'default'")
     return model
+
+
+def _create_model(name: str, pretrained: bool, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model``; a model family without an ``img_size`` argument (CNNs) is created at its own size."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        if "img_size" not in kwargs or "img_size" not in str(err):
+            raise
+        kwargs = {k: v for k, v in kwargs.items() if k != "img_size"}
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+
+
+def check_model_name(name: str) -> None:
+    """Raises one line naming timm's closest model names when ``name`` is not a timm model."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(pretrained=True), n=5, cutoff=0.6)
+    hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models('*vit*', pretrained=True)"
+    raise ValueError(f"backbone.name={name!r} is not a timm model; {hint}")
+
+
+def check_patch_size(name: str, patch_size: int | None, pretrained: bool) -> None:
+    """A patch size other than the pretrained one would make timm resample the patch kernel of the weights."""
+    native = patch_size_from_name(name)
+    if pretrained and patch_size is not None and native is not None and patch_size != native:
+        raise ValueError(
+            f"backbone.model_kwargs.patch_size={patch_size} differs from the pretrained {native} of {name!r} "
+            "(timm would resample its patch kernel): use backbone=timm backbone.name=<model>, which inherits no "
+            "architecture overrides, or backbone.model_kwargs.patch_size=null"
+        )
+
+
+def patch_size_from_name(name: str) -> int | None:
+    """The patch size in a timm ViT name (``vit_base_patch16_224`` -> 16), else None."""
+    for part in name.split(".")[0].split("_"):
+        if part.startswith("patch") and part[5:].isdigit():
+            return int(part[5:])
+    return None
+
+
+def _weights_source(model: nn.Module, source: str) -> str:
+    if source != "hub":
+        return source
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return f"hub:{cfg.get('hf_hub_id') or cfg.get('url') or 'timm'}"
+
+
+def describe_backbone(model: nn.Module) -> dict[str, str]:
+    """The timm model actually built (architecture.tag) and where its weights came from, for results.json."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    name = ".".join(filter(None, (cfg.get("architecture"), cfg.get("tag")))) or type(model).__name__
+    return {"timm_name": name, "weights": getattr(model, "peftlab_weights", "unknown")}
 
 
 def set_branch_dropout(model: nn.Module, rate: float) -> None:

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from peftlab.backbones import data_config
+from peftlab.backbones import check_model_name, data_config, patch_size_from_name
 from peftlab.callbacks import is_progress_bar, progress_callback
 from peftlab.dashboard import wandb_settings
 from peftlab.methods import MethodConfig
@@ -109,21 +109,15 @@ def check_config(cfg: DictConfig) -> None:
     num_classes = cfg.data.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"data.num_classes={num_classes!r} is invalid: expected an integer >= 2")
+    check_model_name(cfg.backbone.name)
     kwargs = cfg.backbone.get("model_kwargs") or {}
-    patch = kwargs.get("patch_size", _patch_size_from_name(cfg.backbone.name))
+    patch = kwargs.get("patch_size") or patch_size_from_name(cfg.backbone.name)
     size = cfg.data.get("image_size")
     if patch and size and size % patch:
         raise ConfigError(
             f"data.image_size={size} is not divisible by the backbone's patch size {patch}: "
             f"use a multiple of {patch} (e.g. {size - size % patch or patch})"
         )
-
-
-def _patch_size_from_name(name: str) -> int | None:
-    for part in name.split(".")[0].split("_"):
-        if part.startswith("patch") and part[5:].isdigit():
-            return int(part[5:])
-    return None
 
 
 def compile_in_place(model: nn.Module) -> None:

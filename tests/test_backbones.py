@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from hydra.utils import instantiate as timm_instantiate
 
-from peftlab.backbones import WeightsError, create_backbone, data_config
+from peftlab.backbones import WeightsError, create_backbone, data_config, describe_backbone
 
 TINY = dict(img_size=32, patch_size=8, depth=3)
 
@@ -43,3 +44,34 @@ def test_normalisation_comes_from_the_pretrained_config():
     assert data_config(model)["mean"] == (0.5, 0.5, 0.5)
     model = create_backbone("vit_tiny_patch16_224.augreg_in21k", num_classes=3, model_kwargs=TINY)
     assert data_config(model)["interpolation"] == "bicubic"
+
+
+def test_an_unknown_name_gets_timms_close_matches_in_one_line():
+    with pytest.raises(ValueError, match=r"backbone.name='vit_small_patch14_dino' is not a timm model; close matches: "
+                       r".*vit_small_patch14_dinov2.lvd142m") as error:  # fmt: skip
+        create_backbone("vit_small_patch14_dino", num_classes=3)
+    assert "\n" not in str(error.value)
+
+
+def test_the_timm_option_inherits_nothing_model_specific(make_cfg):
+    cfg = make_cfg("backbone=timm", "backbone.name=vit_small_patch14_dinov2.lvd142m", "backbone.pretrained=false",
+                   "data.image_size=28", "+backbone.model_kwargs.depth=1")  # fmt: skip
+    model = timm_instantiate(cfg.backbone)
+    assert model.patch_embed.patch_size == (14, 14)  # the model's own, not vit_tiny's 8
+    assert data_config(model)["mean"] == timm.data.IMAGENET_DEFAULT_MEAN  # dinov2's, from its pretrained config
+    assert describe_backbone(model) == {"timm_name": "vit_small_patch14_dinov2.lvd142m", "weights": "random init"}
+
+
+def test_a_patch_size_from_another_option_is_not_silently_resampled():
+    with pytest.raises(ValueError, match="patch_size=8 differs from the pretrained 14 .* backbone=timm"):
+        create_backbone("vit_small_patch14_dinov2.lvd142m", 3, pretrained=True, model_kwargs={"patch_size": 8})
+
+
+def test_the_weights_source_is_recorded(tmp_path):
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **TINY)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    model = create_backbone("vit_tiny_patch16_224", 3, weights_file=str(tmp_path / "weights.pth"), model_kwargs=TINY)
+    assert describe_backbone(model) == {
+        "timm_name": "vit_tiny_patch16_224",
+        "weights": f"file:{tmp_path / 'weights.pth'}",
+    }
