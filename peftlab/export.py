@@ -18,7 +18,9 @@ import torch
 from omegaconf import DictConfig
 from safetensors.torch import save_file
 
-from peftlab.build import build_method, build_model
+from peftlab.api import CONFIG_ATTRIBUTE, save_adapter
+from peftlab.backbones import data_config
+from peftlab.build import build_datamodule, build_method, build_model
 from peftlab.checkpoint import load_checkpoint, model_state, run_config
 from peftlab.conf import CONFIG_PATH
 from peftlab.methods import NotMergeableError
@@ -39,12 +41,19 @@ def export(cfg: DictConfig) -> Path:
     method = build_method(run_cfg)
     model = build_model(run_cfg, method).eval()
     load_trainable_state_dict(model, model_state(checkpoint))
+    if cfg.get("adapter"):
+        setattr(model, CONFIG_ATTRIBUTE, method)
+        print(f"exported the {method.name} adapter to {save_adapter(model, out)}", flush=True)
+        return out
+    preprocessing = eval_preprocessing(run_cfg, model)
     if cfg.merge:
         model = merge_checked(model, image_size=run_cfg.data.image_size)
+    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **preprocessing}
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     metadata = {"timm_name": str(run_cfg.backbone.name), "merged": str(bool(cfg.merge))}
-    atomic_save_file(tensors, out, metadata)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(export_info(run_cfg, method.name, cfg.merge), indent=2))
+    atomic_save_file(tensors, out, {**metadata, "pretrained_cfg": json.dumps(preprocessing)})
+    info = export_info(run_cfg, method.name, cfg.merge, preprocessing)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(info, indent=2))
     print(f"exported {'merged' if cfg.merge else 'adapted'} {method.name} model to {out}", flush=True)
     return out
 
@@ -82,15 +91,27 @@ def merge_checked(model: torch.nn.Module, image_size: int, atol: float = 1e-4) -
     return merged
 
 
-def export_info(run_cfg: DictConfig, method: str, merged: bool) -> dict[str, Any]:
+def eval_preprocessing(run_cfg: DictConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """The run's evaluation transform as timm pretrained-config keys (input size, mean/std, interpolation, crop), so
+    that ``timm.data.resolve_data_config`` + ``create_transform`` on the exported model reproduce it."""
+    datamodule = build_datamodule(run_cfg)
+    norm = data_config(model)
+    datamodule.use_normalization(norm["mean"], norm["std"])
+    return {**datamodule.timm_data_config(), "num_classes": int(run_cfg.data.num_classes)}
+
+
+def export_info(run_cfg: DictConfig, method: str, merged: bool, preprocessing: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(run_cfg.backbone.get("model_kwargs") or {})
     return {
         "timm_name": run_cfg.backbone.name,
         "num_classes": run_cfg.data.num_classes,
-        "model_kwargs": dict(run_cfg.backbone.get("model_kwargs") or {}),
+        "model_kwargs": kwargs,
         "method": method,
         "merged": bool(merged),
-        "load_with": "timm.create_model(timm_name, num_classes=num_classes, **model_kwargs) + "
-        "load_state_dict(safetensors.torch.load_file(path))"
+        "pretrained_cfg": preprocessing,
+        "load_with": "timm.create_model(timm_name, pretrained=True, num_classes=num_classes, "
+        "pretrained_cfg_overlay=dict(pretrained_cfg, file=<this .safetensors>, custom_load=False), **model_kwargs); "
+        "then timm.data.create_transform(**timm.data.resolve_data_config(model=model)) is the evaluation transform"
         if merged
         else "peftlab: rebuild the method, then load",
     }
