@@ -241,8 +241,9 @@ def complete_record(cfg: DictConfig, built: Built, record: RunRecord, metrics: d
     record.metrics = metrics
     record.diagnostics = {
         "best_epoch_eval_acc": module.best_val_acc,
-        "best_epoch": module.best_val_epoch,
-        "note": "best-epoch accuracy on the eval split: a diagnostic only, never the reported number",
+        "best_epoch": None if module.best_val_epoch is None else module.best_val_epoch + 1,
+        "note": "best-epoch accuracy on the eval split (epochs 1-based, as in the log): a diagnostic only, "
+        "never the reported number",
     }
     record.train_info = {**train_info(built, wall), "schedule": getattr(module, "schedule", None)}
     record.data = built.datamodule.describe()

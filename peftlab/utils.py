@@ -51,7 +51,9 @@ def run_cli(main: Callable[[], Any]) -> Any:
     """Run a CLI body; input errors print their message (no traceback unless PEFTLAB_DEBUG=1) and exit with 2; a
     run stopped by a signal exits with 128 + signum (130 for SIGINT, 143 for SIGTERM), as schedulers expect."""
     from peftlab.lifecycle import Interrupted
+    from peftlab.quiet import quiet_libraries
 
+    quiet_libraries()
     try:
         return main()
     except Interrupted as err:

@@ -4,6 +4,7 @@ carry their evaluation preprocessing in timm's own terms."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -31,6 +32,16 @@ def trained(model: torch.nn.Module) -> torch.nn.Module:
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+def test_the_readme_snippet_runs_and_prints_what_the_readme_shows(tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Python API") :]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    shown = section.split("Output:\n\n```\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out == shown
 
 
 def test_options_are_validated_as_on_the_cli():

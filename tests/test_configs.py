@@ -31,7 +31,8 @@ def test_every_registered_method_has_a_config():
 
 @pytest.mark.parametrize("option", options("backbone"))
 def test_backbone_options_instantiate_offline(make_cfg, option):
-    cfg = make_cfg(f"backbone={option}", "backbone.pretrained=false", "data=demo")
+    named = ["backbone.name=vit_tiny_patch16_224.augreg_in21k"] if option == "timm" else []  # any timm model by name
+    cfg = make_cfg(f"backbone={option}", "backbone.pretrained=false", "data=demo", *named)
     model = instantiate(cfg.backbone)
     assert model.get_classifier().out_features == cfg.data.num_classes
 

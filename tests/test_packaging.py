@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from peftlab.conf import CONFIG_DIR, CONFIG_PATH, USER_CONFIG_ENV
+from peftlab.conf import CONFIG_DIR, CONFIG_PATH, USER_CONFIG_ENV, config_groups_help
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGED = ("pyproject.toml", "README.md", "peftlab", "hydra_plugins")
@@ -85,6 +85,9 @@ def test_the_wheel_runs_the_demo_outside_the_repository(tmp_path, data_dir):
         [site / "bin" / "peftlab-train", "debug=fdr"], cwd=outside, env=env, capture_output=True, text=True
     )
     assert train.returncode == 0, train.stderr[-2000:]
+    said = train.stdout + train.stderr
+    for noise in ("Tip:", "GPU available", "LeafSpec", "\r", "logging interval"):  # first contact stays quiet
+        assert noise not in said, f"{noise!r} in the output of a first run:\n{said[-2000:]}"
     assert len(list((tmp_path / "logs").rglob("results.json"))) == 1
     for script in (
         "peftlab-eval",
@@ -95,3 +98,30 @@ def test_the_wheel_runs_the_demo_outside_the_repository(tmp_path, data_dir):
         "peftlab-check",
     ):
         assert (site / "bin" / script).is_file(), script
+
+
+EXAMPLE = REPO / "examples" / "user_project" / "conf"
+
+
+@pytest.mark.parametrize("how", ["searchpath", "user_config_dir"])
+def test_the_example_user_project_composes_with_the_shipped_configs(how, monkeypatch):
+    overrides = ["experiment=rlrr_mine"]
+    if how == "searchpath":
+        overrides.append(f"hydra.searchpath=[file://{EXAMPLE}]")
+    else:
+        monkeypatch.setenv(USER_CONFIG_ENV, str(EXAMPLE))
+    cfg = compose_train(*overrides)
+    assert (cfg.data.task, cfg.data.num_classes, cfg.data.group, cfg.data.dataset) == (
+        "fashion_mnist",
+        10,
+        "clothes",
+        "custom",
+    )
+    assert cfg.backbone.name == "vit_small_patch14_dinov2.lvd142m" and "patch_size" not in cfg.backbone.model_kwargs
+    assert compose_train("data=my_flowers", *overrides[1:]).data._target_.endswith("ImageFolderDataModule")
+
+
+def test_help_lists_the_options_without_private_entries():
+    shown = config_groups_help()
+    assert "experiment: adapter_fgvc" in shown and "data/vtab1k: caltech101" in shown and "backbone: timm" in shown
+    assert "_base" not in shown and "_vtab1k" not in shown and "_fgvc" not in shown

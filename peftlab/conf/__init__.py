@@ -31,10 +31,23 @@ def register_resolvers() -> None:
         "catalog.group": lambda dataset, task: _catalog().benchmark_task(dataset, task).group,
         "catalog.data_options": lambda dataset: _catalog().data_options(dataset),
         "folder.num_classes": lambda root: _folder().count_class_folders(root),
+        "peftlab.help_groups": config_groups_help,
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def config_groups_help() -> str:
+    """One line per config group (shipped and user config dir) with its options; private entries (``_base``,
+    ``_vtab1k``) and Hydra's own groups are left out."""
+    groups: dict[str, set[str]] = {}
+    for folder in filter(None, (CONFIG_DIR, user_config_dir())):
+        for path in folder.rglob("*.yaml") if folder.is_dir() else ():
+            relative = path.relative_to(folder)
+            if len(relative.parts) > 1 and relative.parts[0] != "hydra" and not path.stem.startswith("_"):
+                groups.setdefault(relative.parent.as_posix(), set()).add(path.stem)
+    return "\n".join(f"{group}: {', '.join(sorted(options))}" for group, options in sorted(groups.items()))
 
 
 def _catalog():

@@ -55,7 +55,9 @@ def decode_all(
     with ThreadPoolExecutor(max(1, workers)) as pool:
         done = pool.map(fill, range(len(images)))
         if progress:
-            done = tqdm(done, total=len(images), desc=f"caching {images.name} ({image_size}px)", leave=False)
+            done = tqdm(
+                done, total=len(images), desc=f"caching {images.name} ({image_size}px)", leave=False, disable=None
+            )
         for _ in done:
             pass
     return cache

@@ -74,7 +74,7 @@ def decode_problems(images: LabeledImages, workers: int = 4, progress: bool = Fa
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = pool.map(try_decode, range(len(images)))
         if progress:
-            results = tqdm(results, total=len(images), desc=f"decode {images.name}", leave=False)
+            results = tqdm(results, total=len(images), desc=f"decode {images.name}", leave=False, disable=None)
         return [problem for problem in results if problem is not None]
 
 
