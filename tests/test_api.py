@@ -113,7 +113,7 @@ def run(tmp_path_factory, data_dir):
     with open_dict(cfg):
         cfg.paths.output_dir, cfg.paths.log_dir = str(out / "run"), str(out)
     GlobalHydra.instance().clear()
-    assert train(cfg)["status"] == "complete"
+    assert train(cfg).status == "complete"
     return cfg, out / "run" / "checkpoints" / "last.ckpt"
 
 

@@ -119,9 +119,9 @@ def test_training_on_your_own_task_reports_it_in_its_own_column(make_cfg, tmp_pa
     cfg = make_cfg("data=vtab_layout", "data.task=fashion_mnist", "data.num_classes=3",
                    f"data.root={tmp_path / 'mine'}", "data.image_size=32", "trainer.max_epochs=1")  # fmt: skip
     results = train(cfg)
-    assert results["status"] == "complete"
-    assert results["diagnostics"]["best_epoch"] == 1  # 1-based, as in the log
-    assert results["experiment"]["backbone"] == cfg.backbone.name and results["experiment"]["weights"] == "random-init"
+    assert results.status == "complete"
+    assert results.diagnostics["best_epoch"] == 1  # 1-based, as in the log
+    assert results.experiment.backbone == cfg.backbone.name and results.experiment.weights == "random-init"
     assert report_main([str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "fashion_mnist" in out and "custom" in out.lower()
