@@ -41,13 +41,19 @@ def is_progress_bar(callback: Callback) -> bool:
 class EpochSummary(Callback):
     """Logs one line per epoch (and per evaluation) with the epoch's metrics."""
 
+    # Every rank reads the metrics (reading them synchronises them across processes, a collective that must come in
+    # the same order on all ranks, e.g. before last.ckpt's barrier); only rank zero prints.
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        line = _format(trainer, "train/")
         if trainer.is_global_zero:
-            log.info("epoch %d/%d  %s", trainer.current_epoch + 1, trainer.max_epochs, _format(trainer, "train/"))
+            log.info("epoch %d/%d  %s", trainer.current_epoch + 1, trainer.max_epochs, line)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            log.info("epoch %d  eval %s", trainer.current_epoch + 1, _format(trainer, "val/"))
+        if trainer.sanity_checking:
+            return
+        line = _format(trainer, "val/")
+        if trainer.is_global_zero:
+            log.info("epoch %d  eval %s", trainer.current_epoch + 1, line)
 
 
 def _format(trainer: L.Trainer, prefix: str) -> str:
