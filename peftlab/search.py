@@ -147,11 +147,13 @@ def config_value(record: RunRecord, key: str, path: Path) -> Any:
     return config[key]
 
 
-def to_trials(loaded: list[tuple[Path, RunRecord]], keys: Sequence[str]) -> tuple[list[Trial], list[Path]]:
+def to_trials(
+    loaded: list[tuple[Path, RunRecord]], keys: Sequence[str], include_partial: bool = False
+) -> tuple[list[Trial], list[Path]]:
     """Complete runs as trials, and the paths of the runs that are not counted (failed, running, partial...)."""
     trials, unfinished = [], []
     for path, record in loaded:
-        if not record.counted():
+        if not record.counted(include_partial):
             unfinished.append(path)
             continue
         values = tuple((key, config_value(record, key, path)) for key in keys)
@@ -273,10 +275,12 @@ def format_values(values: tuple[tuple[str, Any], ...]) -> str:
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
-def select_from_sweep(sweep_dir: Path, keys: Sequence[str] | None = None) -> tuple[dict[str, Choice], list[str]]:
+def select_from_sweep(
+    sweep_dir: Path, keys: Sequence[str] | None = None, include_partial: bool = False
+) -> tuple[dict[str, Choice], list[str]]:
     """Read, check and select; returns the choices and the warnings (unfinished runs, uneven seeds)."""
     loaded = load_records(sweep_dir)
-    trials, unfinished = to_trials(loaded, list(keys) if keys else varied_keys(loaded))
+    trials, unfinished = to_trials(loaded, list(keys) if keys else varied_keys(loaded), include_partial)
     if not trials:
         raise SearchError(f"no complete run under {sweep_dir}: finish (re-run) the sweep first")
     warnings = [f"not complete, ignored: {path}" for path in unfinished] + uneven_seeds(trials)
@@ -308,7 +312,7 @@ def print_choices(choices: dict[str, Choice]) -> None:
 
 def run_select(args: argparse.Namespace) -> int:
     keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
-    choices, warnings = select_from_sweep(args.sweep_dir, keys)
+    choices, warnings = select_from_sweep(args.sweep_dir, keys, args.include_partial)
     varied = [key for key, _ in next(iter(choices.values())).values]
     name = args.name or f"{args.sweep_dir.resolve().name}_selected"
     config_dir = args.out or args.sweep_dir / "selection"
@@ -333,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--name", help="method_data name (default: <sweep dir name>_selected)")
     cmd.add_argument("--keys", help="comma-separated config keys to compare (default: the keys that vary)")
     cmd.add_argument("--force", action="store_true", help="overwrite an existing selection file")
+    cmd.add_argument("--include-partial", action="store_true", help="also select among cut-short (partial) runs")
     commands.add_parser("optuna", help="run or resume an Optuna study: python -m peftlab.search optuna "
                         "[train overrides] search=<space> (peftlab/tune.py)", add_help=False)  # fmt: skip
     argv = list(sys.argv[1:] if argv is None else argv)

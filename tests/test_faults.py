@@ -147,7 +147,7 @@ def test_shipped_defaults_are_not_partial(make_cfg):
     assert partial_reasons(make_cfg()) == []
 
 
-def test_partial_run_is_recorded_partial_with_its_schedule_and_never_counted(make_cfg, tmp_path):
+def test_partial_run_is_recorded_partial_with_its_schedule_and_never_counted(make_cfg, tmp_path, capsys):
     from peftlab.report import load_run
     from peftlab.results import is_complete
 
@@ -159,6 +159,12 @@ def test_partial_run_is_recorded_partial_with_its_schedule_and_never_counted(mak
     assert schedule["total_steps"] == 6 and schedule["warmup_steps"] == 3  # 2 epochs x 3 batches, 1 warm-up epoch
     assert not is_complete(tmp_path / "run"), "search and sweeps must not take it as done"
     assert not load_run(tmp_path / "run" / RESULTS_FILE).counted, "report must not count it"
+    assert load_run(tmp_path / "run" / RESULTS_FILE, include_partial=True).counted, "... unless asked for"
+    from peftlab.report import main as report_main
+
+    assert report_main([str(tmp_path / "run")]) == 0 and "No complete run" in capsys.readouterr().out
+    assert report_main([str(tmp_path / "run"), "--include-partial"]) == 0
+    assert "No complete run" not in capsys.readouterr().out
 
 
 def test_zero_epochs_is_never_complete(make_cfg, tmp_path):

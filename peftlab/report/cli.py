@@ -21,13 +21,14 @@ def report(
     mode: str = "same",
     group_by: Sequence[str] | None = None,
     select_on_val: bool = False,
+    include_partial: bool = False,
 ) -> tuple[str, list[Table], Issues, list[Run]]:
     """Markdown report, tables, issues and runs for the results under ``paths``.
 
     Raises:
         FileNotFoundError: No ``results.json`` was found under any of the paths.
     """
-    runs, unreadable, absent = load_runs(paths)
+    runs, unreadable, absent = load_runs(paths, include_partial)
     if not runs and not unreadable:
         where = ", ".join(map(str, paths)) + (f" (do not exist: {', '.join(absent)})" if absent else "")
         raise FileNotFoundError(f"no results.json found under {where}")
@@ -76,6 +77,11 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--select-on-val", action="store_true",
                      help="add per method a row taking per task the config best on the search split")  # fmt: skip
     cmd.add_argument("--no-plots", action="store_true", help="do not write PNG bar plots")
+    cmd.add_argument(
+        "--include-partial",
+        action="store_true",
+        help="also count cut-short runs (debug/limit/zero-epoch: status partial), never counted otherwise",
+    )
     cmd.add_argument("--wandb", action="store_true", help="also log tables (linking the runs) and bar plots to W&B")
     cmd.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT", "peftlab"))
     return cmd
@@ -88,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().error(f"--format: unknown {sorted(formats - set(FORMATS))}; choose from {','.join(FORMATS)}")
     group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else None
     try:
-        markdown, tables, issues, runs = report(args.paths, args.published, group_by, args.select_on_val)
+        markdown, tables, issues, runs = report(
+            args.paths, args.published, group_by, args.select_on_val, args.include_partial
+        )
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ class Run:
     path: Path
     record: RunRecord
     task: str
+    include_partial: bool = False  # count cut-short (``partial``) runs too, only when the user asks
 
     @property
     def status(self) -> str:
@@ -77,7 +78,7 @@ class Run:
 
     @property
     def counted(self) -> bool:
-        return self.record.counted()
+        return self.record.counted(self.include_partial)
 
     @property
     def failed(self) -> bool:
@@ -104,10 +105,10 @@ class Run:
         return f"{self.method} / {self.backbone} / {self.dataset}/{self.task} / seed {self.seed} ({self.path})"
 
 
-def load_run(path: Path) -> Run:
+def load_run(path: Path, include_partial: bool = False) -> Run:
     """Parse one results file; raises ValueError with the reason when it is not a peftlab result."""
     record = RunRecord.load(path)
-    return Run(path, record, canonical_task(record.experiment.dataset, record.experiment.task))
+    return Run(path, record, canonical_task(record.experiment.dataset, record.experiment.task), include_partial)
 
 
 def canonical_task(dataset: str, task: str) -> str:
@@ -116,13 +117,13 @@ def canonical_task(dataset: str, task: str) -> str:
     return spec.name if spec else task
 
 
-def load_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[str], list[str]]:
+def load_runs(paths: Sequence[str | Path], include_partial: bool = False) -> tuple[list[Run], list[str], list[str]]:
     """Runs from every results file under ``paths``, the files that could not be read, and absent paths."""
     files, absent = find_results(paths)
     runs, unreadable = [], []
     for path in files:
         try:
-            runs.append(load_run(path))
+            runs.append(load_run(path, include_partial))
         except ValueError as error:
             unreadable.append(f"{path}: {error}")
     return runs, unreadable, absent
