@@ -4,7 +4,7 @@ exit code schedulers expect, what makes a result partial, and failed jobs that d
 from __future__ import annotations
 
 import fcntl
-import logging
+import io
 import os
 import signal
 import socket
@@ -16,8 +16,6 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-
-log = logging.getLogger("peftlab")
 
 LOCK_FILE = ".peftlab.lock"
 
@@ -99,7 +97,7 @@ class StopSignals:
         first = self.received is None
         self.received = signum if first else self.received
         if first and self._trainer_running():
-            log.warning("received %s: stopping after the current batch", signal.Signals(signum).name)
+            _note(f"received {signal.Signals(signum).name}: stopping after the current batch\n")
             self.trainer._signal_connector.received_sigterm = True  # Lightning's own stop flag (set for SIGTERM too)
             return
         raise Interrupted(self.received)
@@ -108,6 +106,15 @@ class StopSignals:
         from lightning.pytorch.trainer.states import TrainerStatus
 
         return self.trainer is not None and self.trainer.state.status == TrainerStatus.RUNNING
+
+
+def _note(message: str) -> None:
+    """Write from a signal handler: a raw write to stderr's descriptor. ``logging`` and buffered streams are not
+    reentrant: a signal arriving while the main thread writes the log file would fail inside their lock."""
+    try:
+        os.write(sys.stderr.fileno(), message.encode())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def partial_reasons(cfg: DictConfig) -> list[str]:
