@@ -195,6 +195,20 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if self.train_data is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for dataloaders")
 
+    def timm_data_config(self) -> dict:
+        """The evaluation transform in timm's pretrained-config terms (``eval_crop`` says how the image is cropped)."""
+        return {
+            "input_size": (3, self.image_size, self.image_size),
+            "interpolation": self.interpolation,
+            "mean": self.mean,
+            "std": self.std,
+            **self.eval_crop(),
+        }
+
+    def eval_crop(self) -> dict:
+        """``crop_pct`` and ``crop_mode`` of the evaluation transform, in timm's terms."""
+        raise NotImplementedError
+
     def describe(self) -> dict:
         """The data and preprocessing choices of this run, for results.json."""
         return {

@@ -150,16 +150,9 @@ class FGVCDataModule(ImageClassificationDataModule):
     def test_dataloader(self):
         return self.val_dataloader()
 
-    def timm_data_config(self) -> dict:
-        """The evaluation transform in timm's pretrained-config terms: short side to ``resize_size``, center crop."""
-        return {
-            "input_size": (3, self.image_size, self.image_size),
-            "interpolation": self.interpolation,
-            "mean": self.mean,
-            "std": self.std,
-            "crop_pct": self.image_size / self.resize_size,
-            "crop_mode": "center",
-        }
+    def eval_crop(self) -> dict:
+        """Short side to ``resize_size``, then a center crop."""
+        return {"crop_pct": self.image_size / self.resize_size, "crop_mode": "center"}
 
     def describe(self) -> dict:
         return {

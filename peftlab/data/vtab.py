@@ -182,16 +182,9 @@ class VTABDataModule(ImageClassificationDataModule):
     def test_dataloader(self):
         return self._loader("eval", train=False)
 
-    def timm_data_config(self) -> dict:
-        """The evaluation transform in timm's pretrained-config terms: a square resize, no crop."""
-        return {
-            "input_size": (3, self.image_size, self.image_size),
-            "interpolation": self.interpolation,
-            "mean": self.mean,
-            "std": self.std,
-            "crop_pct": 1.0,
-            "crop_mode": "squash",
-        }
+    def eval_crop(self) -> dict:
+        """A square resize, no crop."""
+        return {"crop_pct": 1.0, "crop_mode": "squash"}
 
     def describe(self) -> dict:
         return {
