@@ -51,7 +51,7 @@ class EpochSummary(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        line = _format(trainer, "val/")
+        line = _format(trainer, f"{getattr(pl_module, 'eval_stage', 'val')}/")  # test/ under split=final
         if trainer.is_global_zero:
             log.info("epoch %d  eval %s", trainer.current_epoch + 1, line)
 

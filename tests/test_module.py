@@ -84,3 +84,16 @@ def test_training_step_reads_no_tensor_value_between_checks(monkeypatch):
 
     monkeypatch.setattr(ClassificationModule, "training_step", guarded)
     fit(every=1000, bad_batch=None)  # passes only if no step read the loss on the host
+
+
+def test_epoch_summary_reports_the_split_the_evaluation_measures(caplog):
+    """Under split=final the per-epoch evaluation is logged as test/*: the summary line must show it, not be empty."""
+    from types import SimpleNamespace
+
+    from peftlab.callbacks import EpochSummary
+
+    metrics = {"test/acc": torch.tensor(0.75), "train/loss": torch.tensor(0.1)}
+    trainer = SimpleNamespace(callback_metrics=metrics, is_global_zero=True, sanity_checking=False, current_epoch=2)
+    with caplog.at_level("INFO", logger="peftlab"):
+        EpochSummary().on_validation_epoch_end(trainer, SimpleNamespace(eval_stage="test"))
+    assert "epoch 3  eval test/acc=0.7500" in caplog.text
