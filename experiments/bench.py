@@ -138,6 +138,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="extra candidate with non-default options, e.g. hta:compute=weight (repeatable)",
     )
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help="torch.compile every model (a mode as trainer.compile takes; default: 'default'); ops then count the "
+        "compiled step's kernels",
+    )
     parser.add_argument("--tag", default=None, help="suffix of the result file names")
     parser.add_argument(
         "--block",
@@ -198,6 +207,9 @@ def setup_runtime(args: argparse.Namespace) -> torch.device:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
+    if args.compile:
+        load_sibling("bench_floor").enable_compiled_kernel_events()
+        args.tag = args.tag or "compiled"
     args.clock = resolve_clock(args)
     return torch.device(args.device)
 
@@ -279,6 +291,10 @@ def build_candidate(
     if role == "method":
         candidate.merged = merged_copy(model)
         candidate.mergeable = candidate.merged is not None
+    if args.compile:
+        for compiled in (model, candidate.merged):
+            if compiled is not None:
+                compiled.compile(mode=args.compile)
     return candidate
 
 
@@ -569,6 +585,7 @@ def setup_record(args: argparse.Namespace, device: torch.device, plain: nn.Modul
         "torch_threads": torch.get_num_threads(),
         "clock": CLOCK_DESCRIPTIONS[args.clock],
         "optimizer": "AdamW (trainable parameters only, foreach default)",
+        "compile": args.compile,
     }
 
 
@@ -579,8 +596,11 @@ def apply_block_preset(args: argparse.Namespace) -> None:
         args.tag = args.tag or "block"
 
 
-def dispatch_counts(candidate: Candidate, images: Tensor, labels: Tensor, dtype: str) -> dict[str, int]:
-    """ATen ops of one forward + backward (the optimiser step excluded), counted after one uncounted call."""
+def dispatch_counts(
+    candidate: Candidate, images: Tensor, labels: Tensor, dtype: str, compiled: bool = False
+) -> dict[str, int]:
+    """ATen ops (compiled: kernels) of one forward + backward, the optimiser step excluded, counted after one uncounted
+    call."""
 
     def forward_backward() -> None:
         candidate.model.train()
@@ -590,7 +610,8 @@ def dispatch_counts(candidate: Candidate, images: Tensor, labels: Tensor, dtype:
         F.cross_entropy(logits.float(), labels).backward()
 
     forward_backward()
-    with load_sibling("bench_floor").DispatchCounter() as counter:
+    floor = load_sibling("bench_floor")
+    with floor.CompiledKernelCounter() if compiled else floor.DispatchCounter() as counter:
         forward_backward()
     return {"all": counter.all, "kernel": counter.kernel}
 
@@ -618,13 +639,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     device = setup_runtime(args)
     images, labels = random_batch(args, device)
     plain = build_backbone(args).to(device).eval()
+    if args.compile:
+        plain.compile(mode=args.compile)
     candidates = build_candidates(args, device, methods)
     samples = interleaved_samples(timing_tasks(candidates, plain, images, labels, args.dtype), args, device)
     medians = {key: statistics.median(values) for key, values in samples.items()}
     memory = {c.name: memory_profile(c, train_step_fn(c, images, labels, args.dtype), device) for c in candidates}
     tokens = plain.patch_embed.num_patches + plain.num_prefix_tokens
     for c in candidates:
-        c.ops = dispatch_counts(c, images, labels, args.dtype)
+        c.ops = dispatch_counts(c, images, labels, args.dtype, compiled=bool(args.compile))
         c.flops = load_sibling("bench_floor").step_flops(plain, c.model, c.name, args.batch, tokens)
     memory_key = "cuda_peak_bytes" if device.type == "cuda" else "estimated_bytes"
     rows = [candidate_row(candidates, c, samples, medians, memory, args, memory_key) for c in candidates]
@@ -944,6 +967,15 @@ def bench_table_row(row: dict[str, Any]) -> list[str]:
     ]
 
 
+OPS_DEFINITION = {
+    False: "ops: ATen ops of one forward + backward (optimiser excluded), kernels only (views, transposes, detach "
+    "excluded); all ops: including those.",
+    True: "ops (every model torch.compile'd): kernels of one compiled forward + backward (optimiser excluded), counted "
+    "by the profiler: Inductor-generated kernels plus the outermost ATen calls (GEMMs, attention, ops outside the "
+    "graph); all ops = ops.",
+}
+
+
 def bench_markdown(report: dict[str, Any]) -> str:
     s, e2e = report["setup"], report["end_to_end"]
     lines = [
@@ -955,7 +987,8 @@ def bench_markdown(report: dict[str, Any]) -> str:
         f"dim {s['embed_dim']}, {s['num_classes']} classes, torch threads {s['torch_threads']}",
         f"- timing: {s['warmup']} warm-up calls per candidate (excluded), then {s['repeats']} interleaved rounds "
         f"(order rotated each round) of {s['steps_per_sample']} calls; median; {s['clock']}",
-        f"- train = forward + cross-entropy + backward + {s['optimizer']}; infer = inference_mode forward",
+        f"- train = forward + cross-entropy + backward + {s['optimizer']}; infer = inference_mode forward"
+        + (f"; every model torch.compile'd (mode {s['compile']})" if s.get("compile") else ""),
         f"- plain timm ViT inference: {fmt_rate(report['plain_infer_images_per_s'])} img/s; timing noise: median "
         f"(max − min) / median over all measurements {report['median_relative_spread']:.0%}",
         f"- memory: {report['memory_source']}",
@@ -971,8 +1004,7 @@ def bench_markdown(report: dict[str, Any]) -> str:
     ]
     lines += [
         "",
-        f"floor ×frozen: {report['floor']} ×floor = ×frozen / floor ×frozen. ops: ATen ops of one forward + backward "
-        "(optimiser excluded), kernels only (views, transposes, detach excluded); all ops: including those.",
+        f"floor ×frozen: {report['floor']} ×floor = ×frozen / floor ×frozen. {OPS_DEFINITION[bool(s.get('compile'))]}",
     ]
     if report["before_after"]:
         lines += ["", *before_after_markdown(report["before_after"])]

@@ -66,6 +66,55 @@ class DispatchCounter(TorchDispatchMode):
         return sum(n for name, n in self.ops.items() if name not in METADATA_OPS)
 
 
+def enable_compiled_kernel_events() -> None:
+    """Make Inductor's generated CPU kernels visible to the profiler (set before compiling) and let every candidate
+    keep its compiled graphs (one process compiles many models of the same timm code)."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._inductor.config.cpp.enable_kernel_profile = True
+    for limit in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, 4096)
+
+
+class CompiledKernelCounter:
+    """Kernels a compiled step runs, from the profiler: each Inductor-generated kernel plus each outermost ATen call
+    (the GEMMs and attention Inductor leaves to ATen, and any op outside the graph), views and the like excluded.
+
+    (A dispatch mode cannot count a compiled step: Dynamo runs the model eagerly while one is active.)
+    """
+
+    def __enter__(self) -> CompiledKernelCounter:
+        from torch.profiler import ProfilerActivity, profile
+
+        self._profile = profile(activities=[ProfilerActivity.CPU])
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._profile.__exit__(*exc)
+        self.ops = Counter(_kernel_name(e) for e in self._profile.events() if _is_kernel(e))
+        self.all = self.kernel = sum(self.ops.values())
+
+
+def _is_kernel(event: Any) -> bool:
+    if "cpp_fused" in event.name or event.name.startswith("triton_"):
+        return True
+    if not event.name.startswith("aten::") or event.name[6:] in METADATA_OPS:
+        return False
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+def _kernel_name(event: Any) -> str:
+    return "inductor" if not event.name.startswith("aten::") else event.name[6:]
+
+
 # --- the floor -------------------------------------------------------------------------------------------------------
 
 

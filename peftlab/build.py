@@ -28,6 +28,8 @@ log = logging.getLogger("peftlab")
 
 #: trainer-group keys that configure peftlab rather than ``lightning.Trainer``
 TRAINER_EXTRAS = ("compile",)
+#: ``trainer.compile`` values besides true/false: ``torch.compile`` modes
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: data-group keys that set the training protocol (read by the trainer/optim groups), not datamodule arguments
 PROTOCOL_KEYS = ("epochs", "warmup_epochs")
 
@@ -59,8 +61,8 @@ def build(cfg: DictConfig, loggers: bool = True) -> Built:
     module = ClassificationModule(model=model, num_classes=cfg.data.num_classes, **recipe)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.eval_stage = protocol(cfg.data.split).stage
-    if cfg.trainer.get("compile"):
-        compile_in_place(module.model)
+    if mode := compile_mode(cfg.trainer.get("compile")):
+        compile_in_place(module.model, mode)
     trainer = build_trainer(cfg, method, with_loggers=loggers)
     return Built(datamodule=datamodule, method=method, module=module, trainer=trainer)
 
@@ -68,6 +70,7 @@ def build(cfg: DictConfig, loggers: bool = True) -> Built:
 def validate(cfg: DictConfig) -> None:
     """Every cheap check of ``cfg`` (options, cross-group facts, the method's options), before anything is written."""
     check_config(cfg)
+    compile_mode(cfg.trainer.get("compile"))
     build_method(cfg)
     effective_warmup_epochs(cfg, warn=False)
 
@@ -120,11 +123,28 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def compile_in_place(model: nn.Module) -> None:
-    """``nn.Module.compile`` (parameter names, hence checkpoints, stay unchanged); falls back to eager with a warning
-    where compilation is unsupported."""
+def compile_mode(value: Any) -> str | None:
+    """``trainer.compile`` as a ``torch.compile`` mode: false/null → None (eager), true → ``default``, or a mode name
+    (``reduce-overhead`` adds CUDA graphs on a GPU: one launch per step instead of one per kernel)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "default"
+    if value not in COMPILE_MODES:
+        allowed = ", ".join(("true", "false", *COMPILE_MODES))
+        raise ConfigError(
+            f"trainer.compile={value!r} is invalid: expected one of {allowed} (e.g. trainer.compile=true)"
+        )
+    return value
+
+
+def compile_in_place(model: nn.Module, mode: str = "default") -> None:
+    """``nn.Module.compile`` (parameter names, hence checkpoints, stay unchanged). Dynamo's caches are reset first: jobs
+    that run one after another in one process (Hydra's basic launcher) would otherwise each add recompilations of the
+    same timm code until its recompile limit, after which it silently runs eager."""
+    torch._dynamo.reset()
     try:
-        model.compile()
+        model.compile(mode=mode)
     except Exception as err:  # noqa: BLE001 - any backend failure means: run eager
         log.warning("torch.compile unavailable (%s); running eagerly", err)
 

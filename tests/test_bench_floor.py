@@ -75,3 +75,26 @@ def test_dispatch_counter_counts_kernels_and_metadata_ops(floor):
     with floor.DispatchCounter() as counter:
         (x.t() @ x).sum().backward()
     assert counter.kernel >= 3 and counter.all > counter.kernel
+
+
+@pytest.mark.slow
+def test_compiled_kernel_counter_sees_inductor_kernels_and_the_gemms_left_to_aten(floor):
+    floor.enable_compiled_kernel_events()
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+    x = torch.randn(5, 8)
+
+    def step(m):
+        m.zero_grad(set_to_none=True)
+        m(x).square().mean().backward()
+
+    step(model)
+    with floor.DispatchCounter() as eager:
+        step(model)
+    torch._dynamo.reset()
+    model.compile()
+    step(model)
+    with floor.CompiledKernelCounter() as compiled:
+        step(model)
+    assert compiled.ops["inductor"] >= 2  # GELU, LayerNorm and the loss fused into generated kernels
+    assert compiled.ops["mm"] + compiled.ops["addmm"] >= 4  # forward and gradient GEMMs stay ATen calls
+    assert compiled.kernel < eager.kernel

@@ -1,7 +1,8 @@
 """Fused kernels: the methods' formulas written so that a training step dispatches few ops and keeps few tensors.
 
 * :class:`ScaleShiftFunction` (SSF): ``y = γ ⊙ x + β`` that saves its output, not its input, and recomputes
-  ``x = (y − β) / γ`` in backward (the output is saved by the next op anyway, so SSF adds no activation memory).
+  ``Σ g ⊙ x`` from it in backward as ``(Σ g ⊙ y − β Σ g) / γ`` (the output is saved by the next op anyway, so SSF
+  adds no activation memory, and the backward makes no N×D pass beyond the two products it needs).
 * :class:`RescaledLinearFunction` (RLRR): ``y = x (W ⊙ (1 + s_out s_inᵀ))ᵀ + b`` that never keeps ``W'``; backward
   computes ``G = gᵀx`` once and both scale gradients from ``G ⊙ W`` by two matrix-vector products. One call covers
   ``P`` stacked ``(out, in)`` blocks (q, k and v of timm's fused qkv in one GEMM).
@@ -47,11 +48,11 @@ class ScaleShiftFunction(torch.autograd.Function):
         reduce = [d for d in range(ndim) if d != dim]
         grad_x = grad * _channel_view(scale.to(grad.dtype), ndim, dim) if ctx.needs_input_grad[0] else None
         wide = torch.promote_types(out.dtype, scale.dtype)
-        # x = (y − β) / γ: the pre-scale activation is recomputed, never stored
-        x = (out.to(wide) - _channel_view(shift, ndim, dim)) / _channel_view(scale, ndim, dim)
-        grad_scale = (grad.to(wide) * x).sum(reduce).to(scale.dtype)
-        grad_shift = grad.sum(reduce, dtype=wide).to(shift.dtype)
-        return grad_x, grad_scale, grad_shift, None
+        # with x = (y − β) / γ never materialised: Σ g ⊙ x = (Σ g ⊙ y − β ⊙ Σ g) / γ, per channel (O(C) after the sums)
+        grad_shift = grad.sum(reduce, dtype=wide)
+        grad_y = (grad.to(wide) * out.to(wide)).sum(reduce)
+        grad_scale = (grad_y - shift * grad_shift) / scale
+        return grad_x, grad_scale.to(scale.dtype), grad_shift.to(shift.dtype), None
 
 
 def scale_shift(x: Tensor, scale: Tensor, shift: Tensor, dim: int = -1) -> Tensor:

@@ -7,7 +7,7 @@ attention projection, fc1, fc2, both LayerNorms of every block and the final Lay
 
 Training cost: after a LayerNorm the scale/shift is folded into the norm's affine parameters (no extra pass); after a
 Linear or the patch conv it runs as :class:`~peftlab.methods.fused.ScaleShiftFunction`, which saves its output (kept
-by the next op anyway) and recomputes the pre-scale activation ``(y − β) / γ`` in backward, so SSF keeps no
+by the next op anyway) and gets ``Σ g ⊙ x`` in backward from it as ``(Σ g ⊙ y − β Σ g) / γ``, so SSF keeps no
 activation of its own.
 
 Init as the official ``init_ssf_scale_shift``: ``γ ~ N(1, 0.02)``, ``β ~ N(0, 0.02)``, so SSF does *not* start exactly

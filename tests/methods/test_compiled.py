@@ -1,0 +1,58 @@
+"""``trainer.compile``: a torch.compile'd model computes what the eager one does, through every fused kernel
+(custom autograd functions included), forward and every trainable gradient, in float64."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.utils import counters
+
+from peftlab.build import compile_in_place, compile_mode
+from peftlab.methods import get_method
+from peftlab.options import ConfigError
+from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit
+
+#: the methods whose training step runs a kernel of ``peftlab.methods.fused`` (or a custom autograd function)
+FUSED_METHODS = ["ssf", "rlrr", "hta", "aoft", "oft", "lora"]
+
+
+def loss_and_grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    logits = model(x)
+    F.cross_entropy(logits, y).backward()
+    return logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FUSED_METHODS)
+def test_compiled_step_equals_eager(name):
+    eager = get_method(name)().apply(tiny_vit(depth=1))
+    perturb(eager)
+    eager.train()
+    compiled = copy.deepcopy(eager)
+    compile_in_place(compiled)
+    x, y = images(4, seed=3), torch.tensor([0, 1, 2, 3])
+    logits, grads = loss_and_grads(eager, x, y)
+    counters.clear()
+    compiled_logits, compiled_grads = loss_and_grads(compiled, x, y)
+    # the model really ran as one compiled graph: a graph break would leave the fused kernels' neighbours unfused
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    torch.testing.assert_close(compiled_logits, logits, atol=ATOL, rtol=RTOL)
+    assert compiled_grads.keys() == grads.keys() and grads
+    for key, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[key], grad, atol=ATOL, rtol=RTOL, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"), [(False, None), (None, None), (True, "default"), ("reduce-overhead", "reduce-overhead")]
+)
+def test_compile_option_maps_to_a_torch_compile_mode(value, mode):
+    assert compile_mode(value) == mode
+
+
+def test_unknown_compile_mode_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"trainer.compile='fast' is invalid: expected one of true, false, default"):
+        compile_mode("fast")
