@@ -9,7 +9,9 @@ its inputs). The tensor is factorised with factors shared by all layers, ``V`` z
     FacT-TK (Eq. 10-11): ΔW = s·C ×₁ P ×₂ U ×₃ V,     P ∈ R^{12L×r},   C ∈ R^{r×r×r}        2dr + 12Lr + r³
 
 i.e. slice ``i`` (in the paper's ``x W`` layout) is ``ΔW_i = s·U Σ_i Vᵀ`` with ``Σ_i = C ×₁ P_i`` for TK. Mergeable
-(inference overhead 0); training computes ``s·((x U) Σ_i) Vᵀ`` on activations, never the dense ``ΔW``.
+(inference overhead 0); training computes ``s·((x U) Σ_i) Vᵀ`` on activations, never the dense ``ΔW``: all slices of a
+weight (and q, k, v of the fused qkv together) as one down GEMM with ``(U Σ_i)ᵀ`` blocks plus one ``addmm`` with the
+shared ``V`` (:func:`~peftlab.methods.fused.shared_up_linear`).
 
 Parameter counts on ViT-B/16 (d = 768, L = 12, head excluded), FacT Table 1:
     * FacT-TT, r = 4: 8,448 → 0.008 M ✓.  r = 8: 21,504.  r = 16: 61,440.
@@ -43,6 +45,7 @@ from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
 from peftlab.methods.base import MethodConfig, check_int, check_linear, check_positive, check_probability
+from peftlab.methods.fused import shared_up_linear
 from peftlab.methods.layers import QKV_SLICES, AdapterLayer
 
 
@@ -189,11 +192,28 @@ class FactLayer(AdapterLayer):
         )
         return weight + delta.to(weight.dtype)
 
+    def _up(self) -> Tensor:
+        return self._factors.fact_v * self.scale
+
     def forward(self, x: Tensor) -> Tensor:
-        f = self._factors
-        blocks = (self.out_blocks, self.in_blocks)
-        delta = functional.fact_delta(x, f.fact_u, f.fact_v, self._cores(), self.scale, *blocks, self.fact_dropout)
-        return self.base_layer(x) + delta
+        down = functional.fact_down(self._factors.fact_u, self._cores(), self.out_blocks, self.in_blocks)
+        return shared_up_linear(x, self.base_layer.weight, self.base_layer.bias, down, self._up(), self.fact_dropout)
+
+    @staticmethod
+    def qkv_forward(fused: nn.Linear, parts: list[FactLayer | None], x: Tensor) -> Tensor | None:
+        """q, k and v of timm's fused qkv in one base GEMM and one down GEMM (an unadapted part gets a zero core), when
+        the adapted parts share their factors, scale and dropout; None otherwise."""
+        adapted = [p for p in parts if p is not None]
+        first = adapted[0]
+        if any(p._factors is not first._factors or p.scale != first.scale for p in adapted) or any(
+            repr(p.fact_dropout) != repr(first.fact_dropout) for p in adapted
+        ):
+            return None
+        rank = first._factors.fact_u.shape[1]
+        zero = first._factors.fact_u.new_zeros(1, rank, rank)
+        cores = torch.cat([zero if p is None else p._cores() for p in parts])
+        down = functional.fact_down(first._factors.fact_u, cores, len(parts), 1)
+        return shared_up_linear(x, fused.weight, fused.bias, down, first._up(), first.fact_dropout)
 
     def extra_repr(self) -> str:
         last = self.start + self.out_blocks * self.in_blocks - 1

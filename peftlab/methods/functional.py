@@ -287,26 +287,14 @@ def fact_delta_weight(u: Tensor, v: Tensor, cores: Tensor, scale: float, out_blo
     return grid.permute(0, 2, 1, 3).reshape(out_blocks * d, in_blocks * d)
 
 
-def fact_delta(
-    x: Tensor,
-    u: Tensor,
-    v: Tensor,
-    cores: Tensor,
-    scale: float,
-    out_blocks: int,
-    in_blocks: int,
-    dropout: torch.nn.Module | None = None,
-) -> Tensor:
-    """``x ΔWᵀ`` of :func:`fact_delta_weight` on activations, ``s·((x U) Σ_i) Vᵀ`` per slice, never forming ``ΔW``.
-
-    ``dropout`` acts on the ``r``-dimensional core output, as in the official FacT code.
-    """
+def fact_down(u: Tensor, cores: Tensor, out_blocks: int, in_blocks: int) -> Tensor:
+    """FacT's ``x ΔWᵀ = s·((x U) Σ_i) Vᵀ`` (Eq. 9/11) as one down-projection of all slices of a weight: the
+    ``(out_blocks·r, in_blocks·d)`` matrix whose block ``(o, j)`` is ``(U Σ_{o,j})ᵀ``, so that ``x downᵀ`` gives every
+    output block's ``r``-dimensional core output ``Σ_j (x_j U) Σ_{o,j}`` in one GEMM (``cores`` as in
+    :func:`fact_delta_weight`)."""
     d, rank = u.shape
-    down = x.unflatten(-1, (in_blocks, d)) @ u.to(x.dtype)  # (..., in_blocks, r)
-    mixed = torch.einsum("...ja,ojab->...ob", down, cores.to(x.dtype).reshape(out_blocks, in_blocks, rank, rank))
-    if dropout is not None:
-        mixed = dropout(mixed)
-    return (scale * mixed @ v.to(x.dtype).T).flatten(-2)
+    grid = cores.reshape(out_blocks, in_blocks, rank, rank)
+    return torch.einsum("ka,ojab->objk", u, grid).reshape(out_blocks * rank, in_blocks * d)
 
 
 def arc_adapter(x: Tensor, u: Tensor, scale: Tensor, bias: Tensor, dropout: torch.nn.Module | None = None) -> Tensor:

@@ -7,7 +7,8 @@
   computes ``G = gᵀx`` once and both scale gradients from ``G ⊙ W`` by two matrix-vector products. One call covers
   ``P`` stacked ``(out, in)`` blocks (q, k and v of timm's fused qkv in one GEMM).
 * :func:`low_rank_linear`: ``x Wᵀ + b + (x Aᵀ) Bᵀ (+ x ⊙ d)`` as one base GEMM plus an ``addmm`` (LoRA, AOFT and HTA's
-  closed form), and :func:`qkv_low_rank` for the q/k/v column blocks of a fused qkv sharing that one base GEMM.
+  closed form), and :func:`qkv_low_rank` for the q/k/v column blocks of a fused qkv sharing that one base GEMM;
+  :func:`shared_up_linear` for FacT, whose output blocks share one up-projection.
 
 Each is tested against the plain formula (forward and every gradient) in float64 and under bf16 autocast.
 """
@@ -143,6 +144,21 @@ def _add_diagonal(out: Tensor, x: Tensor, diag: Tensor) -> Tensor:
     if m == out.shape[-1] == x.shape[-1]:
         return torch.addcmul(out, x.to(out.dtype), diag.to(out.dtype))
     return out + F.pad(x[..., :m].to(out.dtype) * diag.to(out.dtype), (0, out.shape[-1] - m))
+
+
+def shared_up_linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, down: Tensor, up: Tensor, dropout: torch.nn.Module | None = None
+) -> Tensor:
+    """``x Wᵀ + b`` plus, per ``d``-wide output block ``o``, ``drop(x downᵀ)_o upᵀ``: ``down`` ``(B·r, in)`` holds every
+    block's down-projection, ``up`` ``(d, r)`` is shared by the ``B = out / d`` blocks (FacT's ``V``). One base GEMM,
+    one down GEMM and one ``addmm`` over the ``(N·B, d)`` view of the output: no block-diagonal zeros."""
+    hidden = F.linear(x, down)
+    if dropout is not None:
+        hidden = dropout(hidden)
+    dim, rank = up.shape
+    out = F.linear(x, weight, bias)
+    out = torch.addmm(out.reshape(-1, dim), hidden.reshape(-1, rank), up.T.to(_dtype_of(x, weight)))
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def qkv_low_rank(

@@ -114,6 +114,20 @@ def test_forward_matches_the_dense_increment_tensor(config):
         torch.testing.assert_close(model(x), base(x), atol=ATOL, rtol=RTOL)
 
 
+def test_fused_qkv_with_an_unadapted_part_matches_the_dense_increment():
+    """q and v only: the one-GEMM qkv path gives k a zero core; slices 0, 1 are q, v of block 0, then 2, 3."""
+    base, model = randomised(FactTTConfig(rank=4, scale=0.7, targets=["attn.q", "attn.v"]))
+    delta = increment_tensor(getattr(model, SHARED), scale=0.7)
+    with torch.no_grad():
+        for index, block in enumerate(base.blocks):
+            d = block.attn.proj.in_features
+            for part, slice_ in zip((0, 2), delta[2 * index : 2 * index + 2], strict=True):
+                block.attn.qkv.weight[part * d : (part + 1) * d] += slice_.T
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base(x), atol=ATOL, rtol=RTOL)
+
+
 @pytest.mark.parametrize("config", [FactTTConfig(), FactTKConfig()], ids=["tt", "tk"])
 def test_zero_v_is_the_only_zero_factor(config):
     factors = getattr(config.apply(tiny_vit()), SHARED)
