@@ -625,6 +625,9 @@ def build_candidates(args: argparse.Namespace, device: torch.device, methods: li
     if args.before:
         registry = load_sibling("bench_floor").load_before(args.before)
         for name in methods:
+            if name not in registry.list_methods():
+                log(args, f"{name} did not exist at {args.before}: no '{name}@before'")
+                continue
             log(args, f"building {name}@before ({args.before})")
             candidates.append(build_candidate(f"{name}@before", args, device, name, registry=registry))
     return candidates

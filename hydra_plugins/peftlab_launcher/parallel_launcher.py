@@ -6,13 +6,17 @@ device, so that several small jobs (a VTAB-1k task at batch 64) share one GPU.
 Each job is a fresh process pinned to one device (``CUDA_VISIBLE_DEVICES``); it runs Hydra's own ``run_job`` on the
 job's sweep config exactly as the basic launcher does, so job dirs, logs, resume (a complete job is skipped, a job with
 a ``last.ckpt`` resumes) and failure (a failed job is reported when the batch ends; the other jobs still run) are
-unchanged. ``devices`` defaults to every visible CUDA device, or the CPU when there is none. Every job start and end is
-appended to ``<sweep dir>/launcher.jsonl`` (job, device, pid, start, end, exit code).
+unchanged. ``devices`` defaults to every visible CUDA device, or the CPU when there is none. Every job's end is
+appended to ``<sweep dir>/launcher.jsonl`` (job, device, pid, start, end, exit code, and the run's status from its
+``results.json``: a failed run is ``failed`` there even though its process exited 0). A SIGTERM to the launcher is
+passed on to the running jobs, which save ``last.ckpt`` and stop as ``interrupted`` (so a re-run resumes them), before
+it exits.
 """
 
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,10 +31,12 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
+#: how long stopped jobs get to write their checkpoint before they are killed
+STOP_GRACE_SECONDS = 120
 
 
 @dataclass
@@ -105,10 +111,20 @@ class ParallelLauncher(Launcher):
             return self._run_all(jobs, slots, Path(scratch), sweep_dir / "launcher.jsonl")
 
     def _run_all(self, jobs: deque, slots: list[str], scratch: Path, journal: Path) -> list[JobReturn]:
-        import cloudpickle
 
         free, running, results = list(range(len(slots))), {}, {}
         state = Singleton.get_state()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            self._schedule(jobs, slots, scratch, journal, free, running, results, state)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            _stop(running, slots, journal)
+        return [results[num] for num in sorted(results)]
+
+    def _schedule(self, jobs, slots, scratch, journal, free, running, results, state) -> None:
+        import cloudpickle
+
         while jobs or running:
             while jobs and free:
                 slot = free.pop(0)
@@ -128,9 +144,42 @@ class ParallelLauncher(Launcher):
                 del running[slot]
                 free.append(slot)
                 results[num] = _read_result(result, num, process.returncode)
-                record = {"job": num, "device": slots[slot], "pid": process.pid, "start": start, "end": time.time()}
-                _append_json(journal, {**record, "returncode": process.returncode})
-        return [results[num] for num in sorted(results)]
+                _journal(journal, num, slots[slot], process, start, _run_status(results[num]))
+
+
+def _run_status(result: JobReturn) -> str:
+    """The run's own status (``results.json``: complete, failed, interrupted, …), else Hydra's (a job that failed
+    before writing one): a peftlab job records its failure and returns, so Hydra's status alone says COMPLETED."""
+    from peftlab.results import RESULTS_FILE
+
+    try:
+        record = Path(str(OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir"))) / RESULTS_FILE
+        return json.loads(record.read_text())["status"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return result.status.name
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop(running: dict, slots: list[str], journal: Path) -> None:
+    """SIGTERM to every job still running (the launcher is stopping), then wait for their checkpoints."""
+    for process, *_ in running.values():
+        process.send_signal(signal.SIGTERM)
+    deadline = time.time() + STOP_GRACE_SECONDS
+    for slot, (process, num, _, start) in running.items():
+        try:
+            process.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        _journal(journal, num, slots[slot], process, start, "stopped")
+
+
+def _journal(path: Path, num: int, device: str, process: subprocess.Popen, start: float, status: str) -> None:
+    record = {"job": num, "device": device, "pid": process.pid, "start": start, "end": time.time()}
+    _append_json(path, {**record, "returncode": process.returncode, "status": status})
 
 
 def _job_env(device: str) -> dict[str, str]:

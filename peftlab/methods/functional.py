@@ -108,14 +108,19 @@ def hta_factors(
     """
     v_left, v_right = householder_vector(v_left, normalize), householder_vector(v_right, normalize)
     m = diag.shape[-1]
-    a = F.pad(v_left[..., :m] * diag, (0, v_right.shape[-1] - m))
-    b = F.pad(diag * v_right[..., :m], (0, v_left.shape[-1] - m))
+    a = _pad_last(v_left[..., :m] * diag, v_right.shape[-1])
+    b = _pad_last(diag * v_right[..., :m], v_left.shape[-1])
     c = (a * v_right).sum(-1, keepdim=True)
     v_t = torch.stack([v_left, b], dim=-2)
     u = torch.stack([c * v_right - a, -v_right], dim=-1)
     if down is not None:
         v_t, u = torch.cat([v_t, down.transpose(-1, -2)], dim=-2), torch.cat([u, up.transpose(-1, -2)], dim=-1)
     return v_t, u
+
+
+def _pad_last(x: Tensor, size: int) -> Tensor:
+    """``x`` zero-padded to ``size`` along its last dimension (no op when it has that size: square layers)."""
+    return x if x.shape[-1] == size else F.pad(x, (0, size - x.shape[-1]))
 
 
 def rectangular_diagonal(diag: Tensor, rows: int, cols: int) -> Tensor:
