@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from peftlab.backbones import describe_backbone
+from peftlab.backbones import timm_name
 from peftlab.conf import CONFIG_DIR
 from peftlab.methods import MethodConfig, get_method, list_methods
 from peftlab.methods.inject import merge_and_unload as _merge_and_unload
@@ -86,7 +86,7 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     info = {
         "method": config.name,
         "options": {k: v for k, v in config.describe().items() if k != "name"},
-        "base_model": describe_backbone(model)["timm_name"],
+        "base_model": timm_name(model),
         "num_classes": _num_classes(model),
         "format": "peftlab adapter v1",
     }

@@ -23,6 +23,7 @@ HUB_HOST = "huggingface.co"
 def create_backbone(
     name: str,
     num_classes: int,
+    image_size: int | None = None,
     pretrained: bool = False,
     weights_file: str | None = None,
     head_init: str = "zeros",
@@ -35,6 +36,7 @@ def create_backbone(
     Args:
         name: timm model name with pretrained tag, e.g. ``vit_base_patch16_224.orig_in21k``.
         num_classes: classes of the task; the head is reset to this size.
+        image_size: the task's input size (``img_size``; ``model_kwargs`` may set its own), None: the model's own.
         pretrained: load the tag's weights from the Hugging Face hub (or its local cache).
         weights_file: load weights from this local file instead (``.safetensors``, ``.bin``, ``.pth`` or ``.npz``);
             implies pretrained. timm's own filter adapts the checkpoint (head dropped, position embeddings resized).
@@ -47,8 +49,9 @@ def create_backbone(
     """
     check_model_name(name)
     kwargs = dict(model_kwargs or {})
+    if image_size is not None:
+        kwargs.setdefault("img_size", image_size)
     check_patch_size(name, kwargs.get("patch_size"), pretrained and not weights_file)  # a file may match it
-    source = f"file:{Path(weights_file).expanduser()}" if weights_file else "hub" if pretrained else "random init"
     if weights_file:
         path = Path(weights_file).expanduser()
         if not path.is_file():
@@ -60,7 +63,6 @@ def create_backbone(
         if path.suffix != ".npz":  # loaded and checked key by key (the .npz of the original ViT: timm's loader)
             model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
             load_weights_file(model, path, allow_unexpected_keys)
-            model.peftlab_weights = source
             return finish_backbone(model, head_init, branch_dropout)
         kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
         pretrained = True
@@ -76,7 +78,6 @@ def create_backbone(
             f"Without network access, download the checkpoint elsewhere and pass it as a local file: "
             f"backbone.weights_file=/path/to/model.safetensors (or set PEFTLAB_WEIGHTS / paths.weights_dir)."
         ) from err
-    model.peftlab_weights = _weights_source(model, source)
     return finish_backbone(model, head_init, branch_dropout)
 
 
@@ -128,18 +129,23 @@ def patch_size_from_name(name: str) -> int | None:
     return None
 
 
-def _weights_source(model: nn.Module, source: str) -> str:
-    if source != "hub":
-        return source
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    return f"hub:{cfg.get('hf_hub_id') or cfg.get('url') or 'timm'}"
+def weights_source(name: str, pretrained: bool = False, weights_file: str | None = None) -> str:
+    """Where the weights of backbone ``name`` come from, as the run identity and results.json record them (from
+    the config, before anything is loaded): ``file:<file name>`` (a local file, by name: moving it changes nothing),
+    ``hub:<hub id>`` (timm's pretrained tag of ``name`` on the Hugging Face hub, or its download url), or
+    ``random-init``."""
+    if weights_file:
+        return f"file:{Path(str(weights_file)).name}"
+    if not pretrained:
+        return "random-init"
+    cfg = timm.models.get_pretrained_cfg(name)
+    return f"hub:{(cfg and (cfg.hf_hub_id or cfg.url)) or name}"
 
 
-def describe_backbone(model: nn.Module) -> dict[str, str]:
-    """The timm model actually built (architecture.tag) and where its weights came from, for results.json."""
+def timm_name(model: nn.Module) -> str:
+    """The timm model actually built: ``architecture.tag`` (the default tag when the name had none)."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    name = ".".join(filter(None, (cfg.get("architecture"), cfg.get("tag")))) or type(model).__name__
-    return {"timm_name": name, "weights": getattr(model, "peftlab_weights", "unknown")}
+    return ".".join(filter(None, (cfg.get("architecture"), cfg.get("tag")))) or type(model).__name__
 
 
 def set_branch_dropout(model: nn.Module, rate: float) -> None:

@@ -19,6 +19,7 @@ from peftlab.callbacks import is_progress_bar, progress_callback
 from peftlab.dashboard import wandb_settings
 from peftlab.methods import MethodConfig
 from peftlab.module import ClassificationModule
+from peftlab.optim import OptimRecipe
 from peftlab.options import ConfigError, check_options, check_targets, effective_warmup_epochs
 from peftlab.protocol import protocol
 from peftlab.results import AtomicCheckpointIO
@@ -30,8 +31,6 @@ log = logging.getLogger("peftlab")
 TRAINER_EXTRAS = ("compile",)
 #: ``trainer.compile`` values besides true/false: ``torch.compile`` modes
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-#: data-group keys that set the training protocol (read by the trainer/optim groups), not datamodule arguments
-PROTOCOL_KEYS = ("epochs", "warmup_epochs")
 
 
 @dataclass
@@ -55,10 +54,9 @@ def build(cfg: DictConfig, loggers: bool = True) -> Built:
     model = build_model(cfg, method)
     norm = data_config(model)
     datamodule.use_normalization(norm["mean"], norm["std"])
-    recipe = instantiate(cfg.optim, _convert_="all")
-    recipe.pop("lr", None)  # consumed by the optimizer's interpolation
-    recipe["warmup_epochs"] = effective_warmup_epochs(cfg)
-    module = ClassificationModule(model=model, num_classes=cfg.data.num_classes, **recipe)
+    recipe = build_recipe(cfg, warmup_epochs=effective_warmup_epochs(cfg))
+    loss_options = create(cfg.get("module") or {})
+    module = ClassificationModule(model=model, num_classes=cfg.data.num_classes, recipe=recipe, **loss_options)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.eval_stage = protocol(cfg.data.split).stage
     if mode := compile_mode(cfg.trainer.get("compile")):
@@ -72,7 +70,7 @@ def validate(cfg: DictConfig) -> None:
     check_config(cfg)
     compile_mode(cfg.trainer.get("compile"))
     build_method(cfg)
-    effective_warmup_epochs(cfg, warn=False)
+    build_recipe(cfg, warmup_epochs=effective_warmup_epochs(cfg, warn=False))
 
 
 def create(node: Any, **kwargs: Any) -> Any:
@@ -86,8 +84,17 @@ def create(node: Any, **kwargs: Any) -> Any:
 
 
 def build_datamodule(cfg: DictConfig, **kwargs: Any) -> L.LightningDataModule:
-    data_cfg = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in PROTOCOL_KEYS}
-    return create(data_cfg, **kwargs)
+    return create(cfg.data, **kwargs)
+
+
+def build_recipe(cfg: DictConfig, **kwargs: Any) -> OptimRecipe:
+    """The ``optim`` group as one :class:`OptimRecipe` (``kwargs`` replace its keys, e.g. the effective warm-up)."""
+    return OptimRecipe(**{**create(cfg.optim), **kwargs})
+
+
+def build_backbone(cfg: DictConfig) -> nn.Module:
+    """The ``backbone`` group's model, with the task's head size and input size from the ``data`` group."""
+    return create(cfg.backbone, num_classes=cfg.data.num_classes, image_size=cfg.data.get("image_size"))
 
 
 def build_method(cfg: DictConfig) -> MethodConfig:
@@ -102,8 +109,7 @@ def build_model(cfg: DictConfig, method: MethodConfig) -> nn.Module:
     """Backbone from timm with the method injected. Seeded, so that a random-init backbone (and the method's init)
     is the same in train, eval and export: checkpoints hold only the trainable tensors."""
     torch.manual_seed(cfg.seed)
-    backbone = create(cfg.backbone)
-    return method.apply(backbone)
+    return method.apply(build_backbone(cfg))
 
 
 def check_config(cfg: DictConfig) -> None:

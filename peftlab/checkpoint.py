@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab.module import PREFIX
+from peftlab.options import migrate_moved_keys
 
 
 class CheckpointError(ValueError):
@@ -56,7 +57,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def run_config(checkpoint: dict[str, Any], overrides: list[str] | None = None) -> DictConfig:
     """The training config stored in ``checkpoint`` with dotlist ``overrides`` (e.g. ``data.root=/x``) applied."""
-    cfg = OmegaConf.create(checkpoint["peftlab"]["config"])
+    cfg = migrate_moved_keys(OmegaConf.create(checkpoint["peftlab"]["config"]))
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     return cfg

@@ -102,6 +102,7 @@ def eval_preprocessing(run_cfg: DictConfig, model: torch.nn.Module) -> dict[str,
 
 def export_info(run_cfg: DictConfig, method: str, merged: bool, preprocessing: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(run_cfg.backbone.get("model_kwargs") or {})
+    kwargs.setdefault("img_size", run_cfg.data.image_size)  # the backbone was built at the task's input size
     return {
         "timm_name": run_cfg.backbone.name,
         "num_classes": run_cfg.data.num_classes,

@@ -2,8 +2,9 @@
 directory names built from semantic overrides only.
 
 Semantic: the method and all its options, the backbone's timm model name and weights source, the data task,
-benchmark, protocol split and preprocessing, the optimiser and schedule, the epochs and the seed. Not semantic: paths,
-loggers, callbacks, progress display, launcher and device settings, data-loading mechanics (workers, caches).
+benchmark, protocol split and preprocessing, the optimiser and schedule, the loss options (module), the epochs and the
+seed. Not semantic: paths, loggers, callbacks, progress display, launcher and device settings, data-loading mechanics
+(workers, caches).
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 #: config nodes that define a run's result; everything else (paths, logger, callbacks, hydra, ...) does not
-SEMANTIC_NODES = ("method", "backbone", "data", "optim")
+SEMANTIC_NODES = ("method", "backbone", "data", "optim", "module")
 #: keys inside the semantic nodes that do not change the numbers (where files live, how they are loaded)
 NOT_SEMANTIC = frozenset({
     "data.root", "data.num_workers", "data.cache", "data.cache_device", "data.cache_max_gb", "data.pin_memory",
@@ -29,6 +29,7 @@ SEMANTIC_TRAINER = (
     "limit_train_batches", "overfit_batches", "fast_dev_run",
 )  # fmt: skip
 #: identity keys fixed by the task: a report row (a configuration) spans tasks, so these never split rows
+#: (``backbone.num_classes``: in records written before the backbone took it from the data group)
 TASK_KEYS = frozenset({"data.task", "data.num_classes", "data.group", "backbone.num_classes"})
 #: override keys that never name a sweep job dir: these groups with everything under them ...
 NOT_SEMANTIC_GROUPS = frozenset({"hydra", "logger", "callbacks", "paths", "local", "sweep", "search"})
@@ -58,7 +59,7 @@ def semantic_identity(cfg: DictConfig, method_name: str | None = None) -> dict[s
     if method_name:
         flat["method.name"] = method_name
     backbone = cfg.get("backbone") or {}
-    flat["backbone.weights"] = weights_source(backbone)
+    flat["backbone.weights"] = _weights_source(backbone)
     method_data = cfg.get("method_data")
     if method_data is not None and method_data.get("name"):
         flat["method_data.name"] = str(method_data.name)
@@ -66,12 +67,10 @@ def semantic_identity(cfg: DictConfig, method_name: str | None = None) -> dict[s
     return {"config": config, "per_task": sorted(per_task), "hash": identity_hash(config)}
 
 
-def weights_source(backbone: Any) -> str:
-    """Where the backbone's weights came from: a local file (by name), timm's pretrained tag, or a random init."""
-    weights_file = backbone.get("weights_file")
-    if weights_file:
-        return f"file:{Path(str(weights_file)).name}"
-    return "pretrained" if backbone.get("pretrained") else "random-init"
+def _weights_source(backbone: Any) -> str:
+    from peftlab.backbones import weights_source  # timm, only when a run's identity is taken
+
+    return weights_source(str(backbone.get("name")), bool(backbone.get("pretrained")), backbone.get("weights_file"))
 
 
 def identity_hash(config: dict[str, Any]) -> str:
@@ -86,7 +85,7 @@ def _flatten(node: Any, prefix: str, out: dict[str, Any], per_task: list[str]) -
             continue
         raw = OmegaConf.to_container(node, resolve=False)[key] if OmegaConf.is_interpolation(node, key) else None
         if isinstance(raw, str) and _ALIAS.match(raw) and _PER_TASK not in raw:
-            continue  # a copy of another key (e.g. optim.optimizer.lr = ${..lr}): recorded there
+            continue  # a copy of another key: recorded there
         if isinstance(raw, str) and _PER_TASK in raw:
             per_task.append(dotted)
         value = node[key]

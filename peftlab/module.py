@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -11,7 +10,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from peftlab.methods.state import check_state_keys, count_parameters, trainable_state_dict
-from peftlab.optim import check_recipe, parameter_groups, scale_learning_rates
+from peftlab.optim import OptimRecipe
 
 PREFIX = "model."
 
@@ -22,13 +21,8 @@ class ClassificationModule(L.LightningModule):
     Args:
         model: the adapted backbone; only its ``requires_grad`` parameters are optimised and checkpointed.
         num_classes: classes of the task (for the accuracy metrics).
-        optimizer: a partial optimizer (``_partial_: true``) called with parameter groups.
-        scheduler: a partial schedule called with ``optimizer``, ``total_steps`` and ``warmup_steps``.
-        warmup_epochs: warm-up length in epochs (converted to steps).
-        weight_decay: weight decay of the decayed tensors (the method declares which tensors get none).
-        head_lr_scale: learning-rate multiplier of the classification head (1: the same lr as the rest).
-        layer_decay: layer-wise lr decay (e.g. 0.65 for full fine-tuning), or None for one lr over depth.
-        label_smoothing: cross-entropy label smoothing.
+        recipe: the optimiser and schedule (the ``optim`` config group).
+        label_smoothing: cross-entropy label smoothing (``module.label_smoothing``).
         check_finite_every_n_steps: how often the on-device non-finite-loss flag is read on the host (also at every
             epoch end and before every checkpoint); the loss itself is checked every step without a host sync.
     """
@@ -37,24 +31,13 @@ class ClassificationModule(L.LightningModule):
         self,
         model: nn.Module,
         num_classes: int,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., Any] | None = None,
-        warmup_epochs: float = 10,
-        weight_decay: float = 0.0,
-        head_lr_scale: float = 1.0,
-        layer_decay: float | None = None,
+        recipe: OptimRecipe,
         label_smoothing: float = 0.0,
         check_finite_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
         self.model = model
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.warmup_epochs = warmup_epochs
-        self.weight_decay = weight_decay
-        check_recipe(weight_decay, head_lr_scale, layer_decay)
-        self.head_lr_scale = head_lr_scale
-        self.layer_decay = layer_decay
+        self.recipe = recipe
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -158,17 +141,15 @@ class ClassificationModule(L.LightningModule):
             logger.log_metrics({f"params/{k}": float(v) for k, v in counts.items()}, step=0)
 
     def configure_optimizers(self):
-        groups = parameter_groups(self.model, self.weight_decay, self.head_lr_scale, self.layer_decay)
-        if not groups:
-            raise ValueError("nothing to train: the method left no parameter with requires_grad=True")
-        optimizer = scale_learning_rates(self.optimizer_factory(groups))
-        if self.scheduler_factory is None:
+        optimizer = self.recipe.create_optimizer(self.model)
+        if self.recipe.scheduler is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup_steps = int(round(self.warmup_epochs * steps_per_epoch))
-        self.schedule = {"warmup_epochs": self.warmup_epochs, "warmup_steps": warmup_steps, "total_steps": total}
-        scheduler = self.scheduler_factory(optimizer, total_steps=total, warmup_steps=warmup_steps)
+        warmup_epochs = self.recipe.warmup_epochs
+        warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+        self.schedule = {"warmup_epochs": warmup_epochs, "warmup_steps": warmup_steps, "total_steps": total}
+        scheduler = self.recipe.scheduler(optimizer, total_steps=total, warmup_steps=warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from timm.models import group_parameters
@@ -12,6 +14,41 @@ from torch import nn
 from peftlab.methods.decay import lr_scales as declared_lr_scales
 from peftlab.methods.decay import no_weight_decay
 from peftlab.methods.inject import head_parameters
+
+
+@dataclass(frozen=True)
+class OptimRecipe:
+    """The ``optim`` config group as a whole: what to optimise with and how the learning rate moves.
+
+    Args:
+        optimizer: a partial optimizer (``_partial_: true``), called with the parameter groups and ``lr``.
+        lr: the base learning rate (``optim.lr``: the key sweeps and searches vary).
+        weight_decay: weight decay of the decayed tensors (the method declares which tensors get none).
+        head_lr_scale: learning-rate multiplier of the classification head (1: the same lr as the rest).
+        layer_decay: layer-wise lr decay (e.g. 0.65 for full fine-tuning), or None for one lr over depth.
+        warmup_epochs: linear warm-up length in epochs (converted to steps by the module).
+        scheduler: a partial schedule called with ``optimizer``, ``total_steps`` and ``warmup_steps``; None: constant.
+    """
+
+    optimizer: Callable[..., torch.optim.Optimizer]
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    head_lr_scale: float = 1.0
+    layer_decay: float | None = None
+    warmup_epochs: float = 10
+    scheduler: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.lr) or self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr!r} is invalid: expected a number > 0 (e.g. optim.lr=1e-3)")
+        check_recipe(self.weight_decay, self.head_lr_scale, self.layer_decay)
+
+    def create_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The optimizer over the trainable parameters of ``model``, grouped by weight decay and lr multiplier."""
+        groups = parameter_groups(model, self.weight_decay, self.head_lr_scale, self.layer_decay)
+        if not groups:
+            raise ValueError("nothing to train: the method left no parameter with requires_grad=True")
+        return scale_learning_rates(self.optimizer(groups, lr=self.lr))
 
 
 def parameter_groups(

@@ -4,9 +4,12 @@ fix (the CLI prints it as one ``error:`` line and exits 2). Also the one rule fo
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from peftlab.protocol import EPOCHS
 
 log = logging.getLogger("peftlab")
 
@@ -17,8 +20,43 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the option and the allowed values."""
 
 
+#: keys that moved to the group that owns them: old key -> new key
+MOVED_KEYS = {
+    "optim.label_smoothing": "module.label_smoothing",
+    "data.epochs": "trainer.max_epochs",
+    "data.warmup_epochs": "optim.warmup_epochs",
+}
+
+
+def check_moved_keys(overrides: Sequence[str]) -> None:
+    """A command-line override of a moved key (``optim.label_smoothing=0.1``) names its new key, before Hydra's own
+    "not in struct" error."""
+    for override in overrides:
+        key, _, value = str(override).partition("=")
+        new = MOVED_KEYS.get(key.lstrip("+~"))
+        if new:
+            raise ConfigError(f"{key.lstrip('+~')} has moved to {new}: use {new}={value}")
+
+
+def migrate_moved_keys(cfg: DictConfig) -> DictConfig:
+    """A config saved before the keys moved (a checkpoint's run config), with each moved value under its new key."""
+    for old, new in MOVED_KEYS.items():
+        group, _, key = old.partition(".")
+        node = cfg.get(group)
+        if node is not None and key in node:
+            with open_dict(cfg):
+                value = node.pop(key)
+                if OmegaConf.select(cfg, new) is None:
+                    OmegaConf.update(cfg, new, value, force_add=True)
+    return cfg
+
+
 def check_options(cfg: DictConfig) -> None:
     """Raise a ConfigError for the first invalid run option (data, optimisation, trainer, seed)."""
+    for old, new in MOVED_KEYS.items():  # in a config file (an experiment, local/default.yaml)
+        group, _, key = old.partition(".")
+        if key in (cfg.get(group) or {}):
+            raise ConfigError(f"{old} has moved to {new}: set {new} in your config instead")
     _check_int(cfg.get("seed"), "seed", minimum=0, example="seed=42")
     _check_int(cfg.data.get("batch_size"), "data.batch_size", minimum=1, example="data.batch_size=32")
     _check_int(cfg.data.get("eval_batch_size"), "data.eval_batch_size", minimum=1, example="data.eval_batch_size=128")
@@ -26,10 +64,9 @@ def check_options(cfg: DictConfig) -> None:
     optim = cfg.optim
     _check_number(optim.get("lr"), "optim.lr", "a number > 0", lambda v: v > 0, "1e-3")
     _check_number(optim.get("weight_decay"), "optim.weight_decay", "a number >= 0", lambda v: v >= 0, "1e-4 or 0")
-    _check_number(
-        optim.get("label_smoothing", 0.0), "optim.label_smoothing", "a number in [0, 1)", lambda v: 0 <= v < 1, "0.1"
-    )
     _check_number(optim.get("warmup_epochs", 0), "optim.warmup_epochs", "a number >= 0", lambda v: v >= 0, "10")
+    smoothing = (cfg.get("module") or {}).get("label_smoothing", 0.0)
+    _check_number(smoothing, "module.label_smoothing", "a number in [0, 1)", lambda v: 0 <= v < 1, "0.1")
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
 
 
@@ -79,7 +116,7 @@ def effective_warmup_epochs(cfg: DictConfig, warn: bool = True) -> float:
     warmup, epochs = float(cfg.optim.get("warmup_epochs", 0)), cfg.trainer.get("max_epochs")
     if not epochs or warmup < epochs:
         return warmup
-    protocol = cfg.data.get("epochs") or 100
+    protocol = EPOCHS
     if warmup >= protocol:
         raise ConfigError(
             f"optim.warmup_epochs={warmup:g} is not shorter than the run (trainer.max_epochs={epochs}, protocol "

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SEARCH, FINAL = "search", "final"
+#: the training length of the VTAB-1k and FGVC protocols (RLRR-P/HTA-P §4.1), the trainer group's default; a
+#: warm-up longer than a shortened run keeps its fraction of this (``options.effective_warmup_epochs``)
+EPOCHS = 100
 SPLITS = (SEARCH, FINAL)
 #: split files read by each protocol: (train files, eval files)
 VTAB_PROTOCOL = {SEARCH: (("train800",), ("val200",)), FINAL: (("train800val200",), ("test",))}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,6 +35,7 @@ from peftlab.lifecycle import (
     report_failed_job,
 )
 from peftlab.methods.state import count_parameters
+from peftlab.options import check_moved_keys
 from peftlab.results import (
     COMPLETE,
     FAILED,
@@ -316,6 +318,7 @@ def failed_before_start(cfg: DictConfig, output_dir: Path, err: BaseException) -
 def main() -> None:
     """``peftlab-train``: one run, or a sweep with ``-m`` (which exits 1 at the end when a job failed: the
     ``SweepSummary`` callback of ``conf/hydra/default.yaml``)."""
+    run_cli(lambda: check_moved_keys(sys.argv[1:]))
     run()
 
 

@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from peftlab.conf import CONFIG_DIR
+from peftlab.options import check_moved_keys
 from peftlab.protocol import SEARCH, SEARCH_METRIC
 from peftlab.results import PARTIAL, RunRecord
 
@@ -224,6 +225,7 @@ def run_search(argv: Sequence[str]) -> Any:
     """Run (or resume, or join) the study until ``search.n_trials`` trials have finished; returns the study."""
     optuna = optuna_module()
     overrides = normalize(argv)
+    check_moved_keys(overrides)
     base = compose_run(overrides)
     check_search(base)
     study = open_study(base)

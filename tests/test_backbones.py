@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from hydra.utils import instantiate as timm_instantiate
 
-from peftlab.backbones import WeightsError, create_backbone, data_config, describe_backbone
+from peftlab.backbones import WeightsError, create_backbone, data_config, timm_name, weights_source
+from peftlab.build import build_backbone
+from peftlab.identity import semantic_identity
 
 TINY = dict(img_size=32, patch_size=8, depth=3)
 
@@ -56,10 +57,11 @@ def test_an_unknown_name_gets_timms_close_matches_in_one_line():
 def test_the_timm_option_inherits_nothing_model_specific(make_cfg):
     cfg = make_cfg("backbone=timm", "backbone.name=vit_small_patch14_dinov2.lvd142m", "backbone.pretrained=false",
                    "data.image_size=28", "+backbone.model_kwargs.depth=1")  # fmt: skip
-    model = timm_instantiate(cfg.backbone)
+    model = build_backbone(cfg)
     assert model.patch_embed.patch_size == (14, 14)  # the model's own, not vit_tiny's 8
     assert data_config(model)["mean"] == timm.data.IMAGENET_DEFAULT_MEAN  # dinov2's, from its pretrained config
-    assert describe_backbone(model) == {"timm_name": "vit_small_patch14_dinov2.lvd142m", "weights": "random init"}
+    assert timm_name(model) == "vit_small_patch14_dinov2.lvd142m"
+    assert semantic_identity(cfg)["config"]["backbone.weights"] == "random-init"
 
 
 def test_a_patch_size_from_another_option_is_not_silently_resampled():
@@ -67,10 +69,16 @@ def test_a_patch_size_from_another_option_is_not_silently_resampled():
         create_backbone("vit_small_patch14_dinov2.lvd142m", 3, pretrained=True, model_kwargs={"patch_size": 8})
 
 
-def test_the_weights_source_is_recorded(tmp_path):
+def test_the_weights_source_is_recorded(tmp_path, make_cfg):
+    """The run record takes the weights source from the one function, from the config: a file by its name, the hub
+    id of timm's pretrained tag, or a random init."""
     source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **TINY)
     torch.save(source.state_dict(), tmp_path / "weights.pth")
     model = create_backbone("vit_tiny_patch16_224", 3, weights_file=str(tmp_path / "weights.pth"), model_kwargs=TINY)
-    recorded = describe_backbone(model)
-    assert recorded["weights"] == f"file:{tmp_path / 'weights.pth'}"
-    assert recorded["timm_name"].split(".")[0] == "vit_tiny_patch16_224"  # timm's default tag of the architecture
+    assert timm_name(model).split(".")[0] == "vit_tiny_patch16_224"  # timm's default tag of the architecture
+    cfg = make_cfg(f"backbone.weights_file={tmp_path / 'weights.pth'}")
+    assert semantic_identity(cfg)["config"]["backbone.weights"] == "file:weights.pth"
+    assert weights_source("vit_tiny_patch16_224", weights_file=str(tmp_path / "weights.pth")) == "file:weights.pth"
+    hub_id = timm.models.get_pretrained_cfg("vit_base_patch16_224.orig_in21k").hf_hub_id
+    assert weights_source("vit_base_patch16_224.orig_in21k", pretrained=True) == f"hub:{hub_id}"
+    assert weights_source("vit_base_patch16_224.orig_in21k") == "random-init"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
 
-from peftlab.build import build_datamodule, build_loggers, build_method, build_trainer
+from peftlab.build import build_backbone, build_datamodule, build_loggers, build_method, build_recipe, build_trainer
 from peftlab.methods import MethodConfig, list_methods
+from peftlab.protocol import EPOCHS
 from tests.conftest import CONF
 
 
@@ -33,7 +35,7 @@ def test_every_registered_method_has_a_config():
 def test_backbone_options_instantiate_offline(make_cfg, option):
     named = ["backbone.name=vit_tiny_patch16_224.augreg_in21k"] if option == "timm" else []  # any timm model by name
     cfg = make_cfg(f"backbone={option}", "backbone.pretrained=false", "data=demo", *named)
-    model = instantiate(cfg.backbone)
+    model = build_backbone(cfg)
     assert model.get_classifier().out_features == cfg.data.num_classes
 
 
@@ -54,7 +56,7 @@ def test_runtime_groups_compose_and_build(make_cfg, group, monkeypatch, tmp_path
     for option in options(group):
         if group == "trainer" and option in {"gpu", "ddp"}:
             cfg = make_cfg(f"trainer={option}")  # needs GPUs/processes to build; composition is what we check
-            assert cfg.trainer.max_epochs == cfg.data.epochs
+            assert cfg.trainer.max_epochs == make_cfg().trainer.max_epochs  # the data set's schedule still holds
             continue
         cfg = make_cfg(f"{group}={option}")
         if group == "logger":
@@ -62,8 +64,8 @@ def test_runtime_groups_compose_and_build(make_cfg, group, monkeypatch, tmp_path
                 pytest.importorskip("tensorboard")
             build_loggers(cfg, build_method(cfg))
         elif group == "optim":
-            recipe = instantiate(cfg.optim)
-            assert callable(recipe["optimizer"]) and callable(recipe["scheduler"])
+            recipe = build_recipe(cfg)
+            assert callable(recipe.optimizer) and callable(recipe.scheduler)
         else:
             build_trainer(cfg, build_method(cfg), with_loggers=False)
 
@@ -77,7 +79,19 @@ def test_experiment_configs_compose(make_cfg, option):
 def test_train_config_defaults_are_the_offline_demo(make_cfg):
     cfg = make_cfg()
     assert cfg.data.task == "demo" and cfg.backbone.pretrained is False
-    assert cfg.trainer.max_epochs == cfg.data.epochs
+    assert 0 < cfg.optim.warmup_epochs < cfg.trainer.max_epochs < EPOCHS  # the demo's own short schedule
+
+
+@pytest.mark.parametrize("data", ["vtab1k/dtd", "fgvc/cub", "image_folder"])
+def test_other_data_train_the_protocol_schedule(make_cfg, data):
+    """The demo's schedule comes with data=demo only; any other data set gets the trainer/optim defaults."""
+    cfg = make_cfg(f"data={data}", "data.task=mine")
+    assert (cfg.trainer.max_epochs, cfg.optim.warmup_epochs) == (EPOCHS, EPOCHS // 10)
+
+
+def test_experiments_and_debug_configs_override_the_demo_schedule(make_cfg):
+    assert make_cfg("debug=limit").trainer.max_epochs == 2
+    assert make_cfg("data=demo", "trainer.max_epochs=7").trainer.max_epochs == 7
 
 
 def test_paths_come_from_environment(monkeypatch, tmp_path):
@@ -117,3 +131,106 @@ def test_cluster_launchers_compose(launcher):
     GlobalHydra.instance().clear()
     assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher")
     assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+# ------------------------------------------------------------------------------------- groups that don't leak
+#: groups any group may read: where files live
+SHARED_GROUPS = {"paths"}
+#: resolvers that read no other group: task facts from the catalog, folders, the environment, Hydra's runtime
+NEUTRAL_RESOLVERS = ("catalog.", "folder.", "oc.env", "hydra", "peftlab.", "now")
+_INTERPOLATION = re.compile(r"\$\{([^${}:]*)(:?)([^${},]*)")
+
+
+def config_groups() -> set[str]:
+    return {p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith(("_", "hydra"))}
+
+
+def read_groups(text: str) -> set[str]:
+    """The top-level nodes that the ``${...}`` interpolations in ``text`` read (relative ``${.x}`` reads its own
+    node; ``oc.select`` reads its first argument; other resolvers are named as themselves)."""
+    read = set()
+    for key, colon, argument in _INTERPOLATION.findall(text):
+        if colon and key == "oc.select":
+            key = argument
+        elif colon:
+            read.add(f"resolver {key}" if not key.startswith(NEUTRAL_RESOLVERS) else "")
+            continue
+        if not key.startswith("."):
+            read.add(re.split(r"[.\[]", key)[0])
+    return read - {""}
+
+
+def string_values(node) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in string_values(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in string_values(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def group_yaml_files() -> list[Path]:
+    """Every option of every group that configures one part of the code (not the ``_global_`` compositions:
+    experiment, debug, sweep, search, method_data, schedule)."""
+    return [
+        path
+        for group in sorted(config_groups())
+        for path in sorted((CONF / group).rglob("*.yaml"))
+        if "@package _global_" not in path.read_text()
+    ]
+
+
+@pytest.mark.parametrize("path", group_yaml_files(), ids=lambda p: str(p.relative_to(CONF)))
+def test_a_group_reads_no_other_group(path):
+    """Each group configures the code it is named after: its values may read its own keys, paths and the catalog,
+    never another group's (the trainer reading data.epochs, the backbone data.num_classes: build.py wires those)."""
+    from omegaconf import OmegaConf
+
+    own = path.relative_to(CONF).parts[0]
+    values = string_values(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    read = set().union(*(read_groups(v) for v in values)) - {own} - SHARED_GROUPS
+    leaks = {name for name in read if name in config_groups() or name.startswith("resolver")}
+    assert not leaks, f"{path.relative_to(CONF)} reads {sorted(leaks)}"
+
+
+def test_the_leak_check_sees_interpolations():
+    assert read_groups("${oc.select:data.epochs,100}") == {"data"}
+    assert read_groups("${data.num_classes}") == {"data"}
+    assert read_groups("${catalog.num_classes:${.dataset},${.task}}") == set()
+    assert read_groups("${paths.data_dir}/demo") == {"paths"}
+    assert read_groups("${..lr}") == set()
+    assert read_groups("${my.resolver:1}") == {"resolver my.resolver"}
+
+
+def test_a_moved_key_on_the_command_line_names_its_new_key(capsys):
+    from peftlab.options import check_moved_keys
+    from peftlab.utils import run_cli
+
+    with pytest.raises(SystemExit) as exit_code:
+        run_cli(lambda: check_moved_keys(["experiment=lora_vtab1k", "optim.label_smoothing=0.1"]))
+    assert exit_code.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert (
+        lines[0] == "error: optim.label_smoothing has moved to module.label_smoothing: use module.label_smoothing=0.1"
+    )
+
+
+def test_a_moved_key_in_a_config_file_names_its_new_key(make_cfg):
+    from omegaconf import open_dict
+
+    from peftlab.options import ConfigError, check_options
+
+    cfg = make_cfg()
+    with open_dict(cfg):
+        cfg.data.epochs = 30  # as an old data config or experiment would set it
+    with pytest.raises(ConfigError, match="data.epochs has moved to trainer.max_epochs"):
+        check_options(cfg)
+
+
+def test_a_checkpoint_saved_before_the_keys_moved_is_migrated():
+    from peftlab.checkpoint import run_config
+
+    saved = {"optim": {"lr": 1e-3, "label_smoothing": 0.1}, "data": {"task": "demo", "epochs": 3}, "trainer": {}}
+    saved["trainer"]["max_epochs"] = 3
+    cfg = run_config({"peftlab": {"config": saved}})
+    assert cfg.module.label_smoothing == 0.1 and "label_smoothing" not in cfg.optim
+    assert "epochs" not in cfg.data and cfg.trainer.max_epochs == 3

@@ -74,7 +74,7 @@ BAD_OPTIONS = [
     (["data.eval_batch_size=0"], "data.eval_batch_size=0 is invalid: expected an integer >= 1"),
     (["data.batch_size=2.5"], "data.batch_size=2.5 is invalid: expected an integer >= 1"),
     (["optim.weight_decay=-1"], "optim.weight_decay=-1 is invalid: expected a number >= 0"),
-    (["optim.label_smoothing=2"], "optim.label_smoothing=2 is invalid: expected a number in [0, 1)"),
+    (["module.label_smoothing=2"], "module.label_smoothing=2 is invalid: expected a number in [0, 1)"),
     (["optim.lr=-1"], "optim.lr=-1 is invalid: expected a number > 0 (e.g. optim.lr=1e-3)"),
     (["optim.lr=0"], "optim.lr=0 is invalid: expected a number > 0"),
     (["optim.lr=fast"], "optim.lr='fast' is invalid: expected a number > 0"),
@@ -88,7 +88,7 @@ BAD_OPTIONS = [
     (["method=lora", "method.targets=[attn.query]"], "matches no layer"),
     (["data.image_size=36"], "not divisible by the backbone's patch size 8"),
     (["data.num_classes=1"], "expected an integer >= 2"),
-    (["optim.warmup_epochs=3", "trainer.max_epochs=3"], "optim.warmup_epochs=3 is not shorter than the run"),
+    (["optim.warmup_epochs=100", "trainer.max_epochs=3"], "optim.warmup_epochs=100 is not shorter than the run"),
 ]
 
 
@@ -117,12 +117,12 @@ def test_checkpoint_every_n_steps_must_be_a_count(make_cfg):
 
 def test_warmup_longer_than_the_run_is_scaled_and_recorded(make_cfg, caplog):
     """The papers' 10 warm-up epochs in a 5-epoch run (protocol 100 epochs): 10/100 of the run, i.e. 0.5 epochs."""
-    cfg = make_cfg("data.epochs=100", "optim.warmup_epochs=10", "trainer.max_epochs=5", *FAST)
+    cfg = make_cfg("optim.warmup_epochs=10", "trainer.max_epochs=5", *FAST)
     assert effective_warmup_epochs(cfg) == pytest.approx(0.5)
     assert "warm-up scaled to 0.5 epochs" in caplog.text
     built = build(cfg, loggers=False)
-    assert built.module.warmup_epochs == pytest.approx(0.5)
-    shorter = make_cfg("data.epochs=100", "optim.warmup_epochs=2", "trainer.max_epochs=5", *FAST)
+    assert built.module.recipe.warmup_epochs == pytest.approx(0.5)
+    shorter = make_cfg("optim.warmup_epochs=2", "trainer.max_epochs=5", *FAST)
     assert effective_warmup_epochs(shorter) == 2.0
 
 
@@ -526,7 +526,7 @@ def test_sweep_goes_on_after_a_bad_job_and_exits_non_zero(cli_env, tmp_path):
 def start_and_signal(cli_env, run_dir: Path, signum: int, epochs: int = 3) -> tuple[subprocess.Popen, str, float]:
     """Start a run, wait until its first epoch ended, send ``signum`` in the second; returns the output and the
     time the signal was sent."""
-    args = [*FAST, f"trainer.max_epochs={epochs}", f"data.epochs={epochs}", f"hydra.run.dir={run_dir}"]
+    args = [*FAST, f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cli(*args), env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = []
     for line in proc.stdout:
@@ -562,7 +562,7 @@ def test_interrupted_run_resumes_to_complete(cli_env, tmp_path):
     proc, output, _ = start_and_signal(cli_env, run_dir, signal.SIGTERM, epochs=2)
     assert proc.returncode == 143, output[-3000:]
     resumed = subprocess.run(
-        cli(*FAST, "trainer.max_epochs=2", "data.epochs=2", f"hydra.run.dir={run_dir}"),
+        cli(*FAST, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"),
         env=cli_env,
         capture_output=True,
         text=True,

@@ -33,7 +33,8 @@ def test_identity_ignores_paths_loggers_and_devices(hydra_conf):
 @pytest.mark.parametrize(
     "override, key, value",
     [("optim.lr=0.01", "optim.lr", 0.01), ("optim.weight_decay=0", "optim.weight_decay", 0),
-     ("backbone.pretrained=true", "backbone.weights", "pretrained"), ("seed=1", "seed", 1),
+     ("backbone.pretrained=true", "backbone.weights", "hub:timm/vit_tiny_patch16_224.augreg_in21k"),
+     ("module.label_smoothing=0.1", "module.label_smoothing", 0.1), ("seed=1", "seed", 1),
      ("data.split=search", "data.split", "search"), ("trainer.max_epochs=7", "trainer.max_epochs", 7),
      ("backbone.name=vit_small_patch14_dinov2", "backbone.name", "vit_small_patch14_dinov2")],
 )  # fmt: skip

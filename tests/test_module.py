@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from peftlab.module import ClassificationModule
+from peftlab.optim import OptimRecipe
 
 BATCH, STEPS, BAD_BATCH, CLASSES = 4, 8, 3, 3
 
@@ -35,7 +36,8 @@ class Probe(nn.Module):
 
 
 def fit(every: int, bad_batch: int | None = BAD_BATCH, lr: float = 0.1) -> ClassificationModule:
-    module = ClassificationModule(Probe(), CLASSES, partial(torch.optim.SGD, lr=lr), check_finite_every_n_steps=every)
+    recipe = OptimRecipe(optimizer=partial(torch.optim.SGD), lr=lr)
+    module = ClassificationModule(Probe(), CLASSES, recipe, check_finite_every_n_steps=every)
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
     )

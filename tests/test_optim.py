@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from functools import partial
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
+from peftlab.build import build_recipe
 from peftlab.methods import get_method, list_methods
 from peftlab.module import ClassificationModule
-from peftlab.optim import parameter_groups, scale_learning_rates, warmup_cosine
+from peftlab.optim import OptimRecipe, parameter_groups, scale_learning_rates, warmup_cosine
 from tests.helpers import tiny_vit
+
+LR = 0.0123  # an lr no shipped recipe has
 
 WD = 0.05
 
@@ -158,18 +161,18 @@ def test_declared_lr_scales_multiply(monkeypatch):
         ({"layer_decay": 1.5}, r"optim.layer_decay=1.5 is invalid: expected a number in \(0, 1\]"),
         ({"layer_decay": 0}, r"optim.layer_decay=0 is invalid"),
         ({"weight_decay": -1.0}, r"optim.weight_decay=-1.0 is invalid"),
+        ({"lr": 0}, r"optim.lr=0 is invalid"),
     ],
 )
-def test_bad_recipe_is_refused_when_the_module_is_built(options, message):
+def test_bad_recipe_is_refused_when_the_recipe_is_built(options, message):
     with pytest.raises(ValueError, match=message):
-        ClassificationModule(adapted("linear"), 5, optimizer=partial(torch.optim.AdamW, lr=1e-3), **options)
+        ClassificationModule(adapted("linear"), 5, OptimRecipe(optimizer=partial(torch.optim.AdamW), **options))
 
 
 def test_module_applies_the_scales_and_the_schedule_keeps_them():
     lr = 1e-3
-    module = ClassificationModule(
-        adapted("full"), 5, optimizer=partial(torch.optim.AdamW, lr=lr), head_lr_scale=10.0, layer_decay=0.5
-    )
+    recipe = OptimRecipe(optimizer=partial(torch.optim.AdamW), lr=lr, head_lr_scale=10.0, layer_decay=0.5)
+    module = ClassificationModule(adapted("full"), 5, recipe)
     optimizer = module.configure_optimizers()
     lrs = sorted({round(g["lr"] / lr, 9) for g in optimizer.param_groups})
     assert lrs == [0.125, 0.25, 0.5, 10.0]
@@ -201,11 +204,15 @@ def test_warmup_then_cosine():
 
 
 @pytest.mark.parametrize("optim", ["adamw", "sgd"])
-def test_shipped_optim_groups_keep_the_paper_recipes(make_cfg, optim):
-    cfg = make_cfg(f"optim={optim}")
-    recipe = instantiate(cfg.optim, _convert_="all")
-    assert recipe["head_lr_scale"] == 1.0 and recipe["layer_decay"] is None
-    assert "no_weight_decay" not in recipe  # the methods declare it
+def test_shipped_optim_groups_are_one_recipe_each(make_cfg, optim):
+    """Every key of the group is an OptimRecipe field (nothing popped, nothing read by another group)."""
+    cfg = make_cfg(f"optim={optim}", f"optim.lr={LR}")
+    recipe = build_recipe(cfg)
+    assert set(cfg.optim) == {f.name for f in dataclasses.fields(OptimRecipe)}
+    assert recipe.head_lr_scale == 1.0 and recipe.layer_decay is None and recipe.lr == LR
+    optimizer = recipe.create_optimizer(adapted("linear"))
+    assert type(optimizer).__name__ == cfg.optim.optimizer._target_.rsplit(".", 1)[-1]
+    assert {g["lr"] for g in optimizer.param_groups} == {LR}  # optim.lr reaches the optimizer
 
 
 def test_layer_decay_from_the_command_line(make_cfg):
@@ -213,4 +220,4 @@ def test_layer_decay_from_the_command_line(make_cfg):
 
     cfg = make_cfg("method=full", "optim.layer_decay=0.65", "optim.head_lr_scale=10")
     module = build(cfg, loggers=False).module
-    assert (module.layer_decay, module.head_lr_scale) == (0.65, 10)
+    assert (module.recipe.layer_decay, module.recipe.head_lr_scale) == (0.65, 10)

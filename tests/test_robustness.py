@@ -40,7 +40,7 @@ def wait_for_checkpoint(proc: subprocess.Popen, last, timeout: float = 300) -> d
 def test_killed_run_resumes_to_the_same_final_metrics(cli_env, tmp_path):
     """SIGKILL in a middle epoch (the shipped callbacks, validation or not), resume: exactly the reference run."""
     epochs = 4
-    args = [*DEMO_FAST, f"trainer.max_epochs={epochs}", f"data.epochs={epochs}", "logger=csv"]
+    args = [*DEMO_FAST, f"trainer.max_epochs={epochs}", "logger=csv"]
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "interrupted"
     ref = subprocess.run(cli(*args, f"hydra.run.dir={ref_dir}"), env=cli_env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -135,7 +135,7 @@ def test_cli_prints_one_clear_error_without_traceback(cli_env):
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(cli_env, tmp_path):
     """gloo on CPU: 2 processes × batch 16 against 1 process × batch 32 (same effective batch)."""
-    common = [*DEMO_FAST, "trainer.max_epochs=2", "data.epochs=2", "trainer.accelerator=cpu"]
+    common = [*DEMO_FAST, "trainer.max_epochs=2", "trainer.accelerator=cpu"]
     one = subprocess.run(
         cli(*common, "data.batch_size=32", f"hydra.run.dir={tmp_path / 'one'}"),
         env=cli_env,

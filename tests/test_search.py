@@ -32,7 +32,7 @@ RUNS = [
 ]  # fmt: skip
 EXPECTED = {"dtd": {"lr": 1e-3, "weight_decay": 0.0}, "svhn": {"lr": 1e-3, "weight_decay": 1e-4}}
 #: fixed by the grid for every job and different from the recipe's default: must reach the final runs too
-FIXED = {"optim.label_smoothing": 0.1, "method.rank": 2}
+FIXED = {"module.label_smoothing": 0.1, "method.rank": 2}
 _IDENTITIES: dict[str, dict] = {}
 
 
@@ -109,7 +109,8 @@ def test_selection_hands_over_the_complete_configuration_and_the_printed_command
             cfg = compose("train", overrides=[*task_args, search_path])
             assert (cfg.optim.lr, cfg.optim.weight_decay) == (row["lr"], row["weight_decay"])
             assert (
-                cfg.optim.label_smoothing == FIXED["optim.label_smoothing"] and cfg.method.rank == FIXED["method.rank"]
+                cfg.module.label_smoothing == FIXED["module.label_smoothing"]
+                and cfg.method.rank == FIXED["method.rank"]
             )
             assert cfg.data.split == "final" and cfg.data.task == task
             final = semantic_identity(cfg, "hta")["config"]
