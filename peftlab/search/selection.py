@@ -1,33 +1,16 @@
-"""Honest hyperparameter selection from a grid sweep or an Optuna study on the search split, and its hand-off.
-
-CLI::
-
-    python -m peftlab.search select <search dir> [--out DIR] [--name NAME] [--keys optim.lr,...] [--force]
-    python -m peftlab.search optuna [train overrides] search=<space>        (see peftlab/tune.py)
-
-``select`` reads every ``results.json`` under the search dir. All must be ``data.split=search`` runs (VTAB-1k
-train800 -> val200, FGVC train -> val): a ``split=final`` result is refused, because test accuracy never selects
-anything. Per task the runs are grouped by their configuration (the run identity without seed); the configuration
-with the best final-epoch validation accuracy (``reported.value``, mean over seeds) wins; ties go to the smaller
-learning rate, as in VPT, then to the smaller other values. The selection records the COMPLETE configuration of the
-chosen run (every semantic key, not only those that varied) as a ``method_data`` config, written beside the search's
-outputs (``<search dir>/selection/method_data/<name>.yaml``) or under ``--out``, and prints the command that runs
-the final (``split=final``) runs with it, which works as printed.
-"""
+"""Reading a search's results and selecting per task: every run must be a search-split run; per task the
+configuration (run identity without seed) with the best mean final-epoch validation accuracy wins, ties to the smaller
+learning rate (VPT), then to the smaller other values."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from peftlab.identity import TASK_KEYS
 from peftlab.protocol import SEARCH, SEARCH_METRIC
@@ -207,72 +190,8 @@ def uneven_seeds(trials: Iterable[Trial]) -> list[str]:
     return lines
 
 
-# ------------------------------------------------------------------------------------------------------ writing
-
-
-def nested(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
-def wiring(keys: Iterable[str]) -> dict[str, Any]:
-    """``{optim: {lr: ${method_data.tasks.${data.task}.optim.lr}}}``: each key reads its task's row."""
-    return nested({key: "${method_data.tasks.${data.task}." + key + "}" for key in keys})
-
-
-def method_data_yaml(choices: dict[str, Choice], name: str, source: str, varied: Sequence[str]) -> str:
-    """The selection as a ``method_data`` config: per task the complete configuration of the chosen run."""
-    rows = {task: nested(choice.handed_over) for task, choice in choices.items()}
-    keys = sorted(set().union(*(choice.handed_over for choice in choices.values())))
-    evidence = {
-        task: {"val_acc": round(c.val_acc, 6), "seeds": c.seeds, "candidates": c.candidates,
-               "identity": c.record.identity.hash, "run": c.record.run_info.get("output_dir")}
-        for task, c in choices.items()
-    }  # fmt: skip
-    body = {
-        "method_data": {
-            "name": name,
-            "source": source,
-            "selected_by": f"final-epoch {SEARCH_METRIC} on the search split, mean over seeds; ties -> smaller lr",
-            "varied": list(varied),
-            "tasks": rows,
-            "evidence": evidence,
-            "selected": "${method_data.tasks.${data.task}}",
-        },
-        **wiring(keys),
-    }
-    header = [
-        "# @package _global_",
-        f"# Written by `python -m peftlab.search select {source}`: per task, the complete configuration of the run",
-        f"# with the best final-epoch {SEARCH_METRIC} on the search split (mean over seeds; ties -> smaller lr).",
-        "# Test accuracy selected nothing. Every semantic key is handed over, not only those that varied.",
-    ]
-    return "\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False, width=120)
-
-
-def final_command(choices: dict[str, Choice], config_dir: Path, name: str) -> str:
-    """The command that runs the final (``split=final``) runs of the selection, one job per task."""
-    record = next(iter(choices.values())).record
-    choices_made = record.run_info.get("choices") or {}
-    groups = ("experiment",) if choices_made.get("experiment") else ("method", "backbone", "optim", "trainer")
-    args = [f"{group}={choices_made[group]}" for group in groups if choices_made.get(group)]
-    data = [c.record.run_info.get("choices", {}).get("data") or c.task for c in choices.values()]
-    recipe = "method_data" if "method_data" in choices_made else "+method_data"  # a slot exists: override it
-    args += [f"{recipe}={name}", "data=" + ",".join(data), "data.split=final"]
-    return " ".join(["python -m peftlab.train -m", f"--config-dir {config_dir.resolve()}", *args])
-
-
 def format_values(values: tuple[tuple[str, Any], ...]) -> str:
     return ", ".join(f"{key}={value}" for key, value in values)
-
-
-# ------------------------------------------------------------------------------------------------------ CLI
 
 
 def select_from_sweep(
@@ -285,73 +204,3 @@ def select_from_sweep(
         raise SearchError(f"no complete run under {sweep_dir}: finish (re-run) the sweep first")
     warnings = [f"not complete, ignored: {path}" for path in unfinished] + uneven_seeds(trials)
     return select(trials), warnings
-
-
-def check_outside_package(config_dir: Path) -> None:
-    package = Path(__file__).resolve().parent
-    if config_dir.resolve().is_relative_to(package):
-        raise SearchError(f"--out {config_dir} is inside the installed peftlab package: write selections beside your "
-                          "search's outputs (the default) or in your own config dir")  # fmt: skip
-
-
-def write_selection(text: str, path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise SearchError(f"{path} exists: a selection is never overwritten silently (use --force)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
-def print_choices(choices: dict[str, Choice]) -> None:
-    for task, choice in choices.items():
-        print(
-            f"{task}: {format_values(choice.values)}  val acc {100 * choice.val_acc:.2f}% "
-            f"({choice.seeds} seed(s), best of {choice.candidates})",
-            file=sys.stderr,
-        )
-
-
-def run_select(args: argparse.Namespace) -> int:
-    keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
-    choices, warnings = select_from_sweep(args.sweep_dir, keys, args.include_partial)
-    varied = [key for key, _ in next(iter(choices.values())).values]
-    name = args.name or f"{args.sweep_dir.resolve().name}_selected"
-    config_dir = args.out or args.sweep_dir / "selection"
-    check_outside_package(config_dir)
-    path = config_dir / "method_data" / f"{name}.yaml"
-    write_selection(method_data_yaml(choices, name, str(args.sweep_dir), varied), path, args.force)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print_choices(choices)
-    print(f"wrote {path}\nfinal runs:", file=sys.stderr)
-    print(final_command(choices, config_dir, name))
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m peftlab.search", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    cmd = commands.add_parser("select", help="pick per-task configurations from a search-split grid or study")
-    cmd.add_argument("sweep_dir", type=Path, help="the search's dir, e.g. logs/sweeps/hta_grid/hta_vtab1k")
-    cmd.add_argument("--out", type=Path, help="config dir to write method_data/<name>.yaml into "
-                     "(default: <sweep_dir>/selection)")  # fmt: skip
-    cmd.add_argument("--name", help="method_data name (default: <sweep dir name>_selected)")
-    cmd.add_argument("--keys", help="comma-separated config keys to compare (default: the keys that vary)")
-    cmd.add_argument("--force", action="store_true", help="overwrite an existing selection file")
-    cmd.add_argument("--include-partial", action="store_true", help="also select among cut-short (partial) runs")
-    commands.add_parser("optuna", help="run or resume an Optuna study: python -m peftlab.search optuna "
-                        "[train overrides] search=<space> (peftlab/tune.py)", add_help=False)  # fmt: skip
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["optuna"]:
-        from peftlab.tune import main as tune_main
-
-        return tune_main(argv[1:])
-    args = parser.parse_args(argv)
-    try:
-        return run_select(args)
-    except SearchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
