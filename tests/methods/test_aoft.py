@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from peftlab.methods.aoft import AOFTAdapter, AOFTAdapterConfig, AOFTConfig, AOFTLinear
+from peftlab.methods.aoft import AOFTAdapter, AOFTAdapterConfig, AOFTConfig
 from tests.helpers import (
     ATOL,
     AVERAGE_HEAD,
@@ -23,7 +23,7 @@ from tests.helpers import (
     tiny_vit,
     with_qv_weights,
 )
-from tests.methods.equations import dense_q
+from tests.methods.equations import aoft_projections, aoft_weight, dense_q
 
 #: AOFT-P main tables as reprinted by secondary summaries (docs/methods.md §3.3, [S]): LoRA+AOFT 0.22 M on FGVC;
 #: Adapter+AOFT(*) 0.06 M on VTAB-1k and 0.20 M on FGVC, head included. Derived by hand (docs/methods.md §3.4):
@@ -53,26 +53,12 @@ def test_count_matches_the_reported_figures(config, derived, table, use_scale):
         assert round((derived + scales + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
 
 
-def paper_projections(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rank = layer.rank
-    down = dense_q(layer.aoft_q_down.detach())[:, :rank]
-    up = dense_q(layer.aoft_q_up.detach())[:, :rank]
-    scale = layer.aoft_scale.detach().expand(rank)
-    return down, scale, up
-
-
-def paper_weight(layer: AOFTLinear) -> torch.Tensor:
-    """``W + AO(q_down) diag(λ) AO(q_up)ᵀ`` in the paper's ``in×out`` layout, returned as out×in."""
-    down, scale, up = paper_projections(layer)
-    return (layer.base_layer.weight.detach().T + down @ torch.diag(scale) @ up.T).T
-
-
 @pytest.mark.parametrize("use_scale", [False, True])
 def test_lora_aoft_forward_equals_the_formula_on_q_and_v(use_scale):
     base = tiny_vit()
     model = AOFTConfig(use_scale=use_scale).apply(copy.deepcopy(base)).eval()
     perturb(model)
-    reference = with_qv_weights(base, model, lambda _, layer: paper_weight(layer))  # paper_weight reads W itself
+    reference = with_qv_weights(base, model, lambda _, layer: aoft_weight(layer))  # aoft_weight reads W itself
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), atol=ATOL, rtol=RTOL)
@@ -85,7 +71,7 @@ def test_adapter_aoft_forward_equals_the_formula(position):
     perturb(model)
     adapter = model.blocks[1].mlp
     assert isinstance(adapter, AOFTAdapter)
-    down, scale, up = paper_projections(adapter)
+    down, scale, up = aoft_projections(adapter)
     x = torch.randn(2, 5, DIM)
     with torch.no_grad():
         mlp_out = base.blocks[1].mlp(x)

@@ -20,6 +20,7 @@ from tests.helpers import (
     tiny_vit,
     with_qv_weights,
 )
+from tests.methods.equations import dora_weight
 
 #: No DoRA row exists for ViT-B/16 on VTAB-1k/FGVC in the RLRR/HTA tables (the DoRA paper reports LLaMA, VL-BART and
 #: LLaVA). Derived: the LoRA row's 294,912 (r 8 on W_q, W_v of 12 blocks; 0.29 M in RLRR-P Table 2) plus one
@@ -30,13 +31,6 @@ DORA_VIT_B16 = 294_912 + 18_432
 def test_parameter_count_on_vit_b16():
     assert count_on(DoraConfig())["trainable"] == DORA_VIT_B16 == 313_344
     assert count_on(DoraConfig(), num_classes=100)["trainable"] == DORA_VIT_B16 + HEAD_100
-
-
-def dora_weight(w0: torch.Tensor, layer, alpha: float, rank: int) -> torch.Tensor:
-    """Eq. 5 written out: m · (W₀ + ΔW) / ‖W₀ + ΔW‖_c, with the norm of each output unit's input weights."""
-    directed = w0 + (alpha / rank) * layer.lora_b.detach() @ layer.lora_a.detach()
-    norms = directed.pow(2).sum(dim=1, keepdim=True).sqrt()  # one norm per output row (over the inputs)
-    return layer.dora_magnitude.detach().unsqueeze(1) * directed / norms
 
 
 def test_forward_equals_formula_on_separate_q_and_v():

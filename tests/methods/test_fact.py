@@ -21,6 +21,7 @@ from tests.helpers import (
     tiny_vit,
     vit_b16,
 )
+from tests.methods.equations import fact_increment
 
 # FacT Table 1 (VTAB-1k, ViT-B/16, head excluded), sizes 2dr + 12Lr² (TT) and 2dr + 12Lr + r³ (TK), d = 768, L = 12:
 TT_R4 = 8_448  # "FacT-TT4 0.008": 2·768·4 + 144·16
@@ -76,14 +77,6 @@ def randomised(config, seed: int = 3):
     return base, model
 
 
-def increment_tensor(factors, scale: float) -> torch.Tensor:
-    """ΔW ∈ R^{12L×d×d} in the paper's ``x W`` layout: Eq. 9 (TT) or Eq. 11 (TK), index by index."""
-    u, v = factors.fact_u, factors.fact_v
-    if hasattr(factors, "fact_sigma"):
-        return scale * torch.einsum("iab,ja,kb->ijk", factors.fact_sigma, u, v)
-    return scale * torch.einsum("abc,ia,jb,kc->ijk", factors.fact_core, factors.fact_p, u, v)
-
-
 @torch.no_grad()
 def add_increment(base, delta) -> None:
     """Add ΔW to the plain model per Eq. 3-4: per layer q, k, v, o, then W_up's and W_down's d×d slices; the
@@ -106,7 +99,7 @@ def add_increment(base, delta) -> None:
 def test_forward_matches_the_dense_increment_tensor(config):
     base, model = randomised(config)
     factors = getattr(model, SHARED)
-    delta = increment_tensor(factors, scale=0.7)
+    delta = fact_increment(factors, scale=0.7)
     assert delta.shape == (2 * 8, 64, 64)  # tiny ViT: 2 layers × (4 + 2 + 2) slices of 64×64 (MLP ratio 2)
     add_increment(base, delta)
     x = images()
@@ -117,7 +110,7 @@ def test_forward_matches_the_dense_increment_tensor(config):
 def test_fused_qkv_with_an_unadapted_part_matches_the_dense_increment():
     """q and v only: the one-GEMM qkv path gives k a zero core; slices 0, 1 are q, v of block 0, then 2, 3."""
     base, model = randomised(FactTTConfig(rank=4, scale=0.7, targets=["attn.q", "attn.v"]))
-    delta = increment_tensor(getattr(model, SHARED), scale=0.7)
+    delta = fact_increment(getattr(model, SHARED), scale=0.7)
     with torch.no_grad():
         for index, block in enumerate(base.blocks):
             d = block.attn.proj.in_features

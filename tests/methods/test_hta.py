@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from peftlab.methods.hta import HTAConfig, HTALinear
+from peftlab.methods.hta import HTAConfig
 from tests.helpers import (
     ATOL,
     AVERAGE_HEAD,
@@ -22,6 +22,7 @@ from tests.helpers import (
     tiny_vit,
     vit_l16,
 )
+from tests.methods.equations import hta_weight
 
 #: HTA-P Table 1 (VTAB-1k, 0.22 M) and Table 2 (FGVC, 0.36 M), head included; Fig. 2 / supplement Table 7 for
 #: ranks 0, 2, 4 (0.15 / 0.30 / 0.44 M VTAB); Table 3 for ViT-L/16 (0.54 M). Derived by hand (docs/methods.md §2.3):
@@ -46,30 +47,14 @@ def test_parameter_count_with_head_fgvc_and_vit_l16():
     assert round((HTA_VIT_L16 + AVERAGE_HEAD["vtab_large"]) / 1e6, 2) == HTA_VIT_L16_TABLE_M
 
 
-def householder_dense(v: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """Eq. 3, ``I - v vᵀ``; the textbook ``I - 2 v vᵀ / ‖v‖²`` when ``normalize``."""
-    factor = 2 / v.dot(v) if normalize else 1.0
-    return torch.eye(v.numel()) - factor * torch.outer(v, v)
-
-
-def paper_weight(layer: HTALinear, normalize: bool = False) -> torch.Tensor:
-    """Eq. 6, ``W + W_down W_up + H(v_left) diag(d) H(v_right)`` in the paper's in×out layout, returned out×in."""
-    w = layer.base_layer.weight.detach().T
-    h_left = householder_dense(layer.hta_v_left.detach(), normalize)
-    h_right = householder_dense(layer.hta_v_right.detach(), normalize)
-    w_hta = h_left @ torch.diag(layer.hta_diag.detach()) @ h_right
-    low_rank = 0 if layer.hta_down is None else layer.hta_down.detach() @ layer.hta_up.detach()
-    return (w + low_rank + w_hta).T
-
-
 def reference_model(base, model, normalize: bool = False):
     reference = copy.deepcopy(base)
     with torch.no_grad():
         reference.head.load_state_dict(model.head.state_dict())
         for block, ref in zip(model.blocks, reference.blocks, strict=True):
             parts = block.attn.qkv.parts
-            ref.attn.qkv.weight.copy_(torch.cat([paper_weight(parts[s], normalize) for s in "qkv"]))
-            ref.attn.proj.weight.copy_(paper_weight(block.attn.proj, normalize))
+            ref.attn.qkv.weight.copy_(torch.cat([hta_weight(parts[s], normalize) for s in "qkv"]))
+            ref.attn.proj.weight.copy_(hta_weight(block.attn.proj, normalize))
     return reference
 
 

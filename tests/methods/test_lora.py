@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from peftlab.methods.lora import LoraConfig, LoraLayer
+from peftlab.methods.lora import LoraConfig
 from tests.helpers import ATOL, DIM, HEAD_100, RTOL, assert_invalid, count_on, images, method_yaml, perturb, tiny_vit
+from tests.methods.equations import lora_update
 
 #: RLRR-P Table 2 / HTA-P Table 1, "LoRA" row: 0.29 M on VTAB-1k (head excluded) = r 8 on W_q, W_v of 12 blocks,
 #: 12 · 2 · 8 · (768 + 768)
@@ -21,11 +22,6 @@ def test_parameter_count_matches_paper_on_vit_b16():
     assert count_on(LoraConfig())["trainable"] == LORA_VIT_B16
     assert round(LORA_VIT_B16 / 1e6, 2) == LORA_TABLE_M
     assert count_on(LoraConfig(), num_classes=100)["trainable"] == LORA_VIT_B16 + HEAD_100
-
-
-def lora_update(layer: LoraLayer, alpha: float, rank: int) -> torch.Tensor:
-    """The paper's ΔW = (α/r) B A, written out (PyTorch layout out×in)."""
-    return (alpha / rank) * layer.lora_b.detach() @ layer.lora_a.detach()
 
 
 def with_weights(base, adapted, weights: dict[str, torch.Tensor]):

@@ -22,7 +22,7 @@ from tests.helpers import (
     tiny_vit,
     with_qv_weights,
 )
-from tests.methods.equations import dense_rotation
+from tests.methods.equations import oft_rotated
 
 #: No published OFT count for ViT-B/16 on VTAB-1k/FGVC was available (the OFT paper evaluates Stable Diffusion).
 #: Derived for the default (W_q, W_v of 12 blocks, 32×32 blocks): 768 / 32 = 24 blocks per matrix, each with
@@ -38,18 +38,12 @@ def test_parameter_count_on_vit_b16():
     assert count_on(OftConfig(block_size=None, r=4))["trainable"] == OFT_R4_VIT_B16
 
 
-def rotated(w_torch: torch.Tensor, layer, block: int) -> torch.Tensor:
-    """The paper's W = R W⁰ with W⁰ = W_torchᵀ ∈ R^{in×out}, returned in PyTorch layout."""
-    w0 = w_torch.detach().double().T
-    return (dense_rotation(layer.oft_skew, block) @ w0).T.float()
-
-
 @pytest.mark.parametrize("block", [16, 32])
 def test_forward_equals_formula_on_separate_q_and_v(block):
     base = tiny_vit()
     model = OftConfig(block_size=block, train_head=False).apply(copy.deepcopy(base)).eval()
     perturb(model)
-    reference = with_qv_weights(base, model, lambda w, layer: rotated(w, layer, block))
+    reference = with_qv_weights(base, model, lambda w, layer: oft_rotated(w, layer, block))
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), atol=ATOL, rtol=RTOL)

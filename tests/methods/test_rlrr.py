@@ -23,6 +23,7 @@ from tests.helpers import (
     tiny_vit,
     vit_l16,
 )
+from tests.methods.equations import add_scale_shift, rlrr_linear
 
 #: RLRR-P Table 2 (VTAB-1k, 0.33 M) and Table 3 (FGVC, 0.47 M), head included. Derived by hand from the official
 #: code (docs/methods.md §1.3): per block q, k, v, o 4 · 3 · 768 + fc1 (768 + 2 · 3072) + fc2 (3072 + 2 · 768)
@@ -44,32 +45,17 @@ def test_parameter_count_matches_paper_on_vit_b16_and_l16():
     assert round((RLRR_VIT_L16 + AVERAGE_HEAD["vtab_large"]) / 1e6, 2) == RLRR_VIT_L16_TABLE_M
 
 
-def paper_linear(layer: RLRRLinear) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 19-20 in the paper's layout ``X W`` (``W ∈ R^{in×out}``), returned in PyTorch's layout."""
-    w = layer.base_layer.weight.detach().T
-    s_left, s_right = layer.rlrr_scale_in.detach(), layer.rlrr_scale_out.detach()
-    w_new = w + s_left.view(-1, 1) * w * s_right.view(1, -1)  # W + s_left ⊙ W ⊙ s_rightᵀ
-    return w_new.T, layer.base_layer.bias.detach() + layer.rlrr_shift.detach()  # b + f
-
-
-def add_scale_shift(module: torch.nn.Module, layer: ScaleShift, channel_dim: int = -1) -> None:
-    """SSF ``γ ⊙ op(x) + β`` on the output of ``module`` (a forward hook on the reference model)."""
-    shape = [-1, 1, 1] if channel_dim == 1 else [-1]
-    scale, shift = layer.ssf_scale.detach().view(shape), layer.ssf_shift.detach().view(shape)
-    module.register_forward_hook(lambda _, __, out: out * scale + shift)
-
-
 def reference_model(base, model):
     """``base`` with RLRR's weights written out from the paper and SSF hooks; the (perturbed) head of ``model``."""
     reference = copy.deepcopy(base)
     with torch.no_grad():
         reference.head.load_state_dict(model.head.state_dict())
         for block, ref in zip(model.blocks, reference.blocks, strict=True):
-            qkv = [paper_linear(block.attn.qkv.parts[s]) for s in "qkv"]  # three independent triples
+            qkv = [rlrr_linear(block.attn.qkv.parts[s]) for s in "qkv"]  # three independent triples
             ref.attn.qkv.weight.copy_(torch.cat([w for w, _ in qkv]))
             ref.attn.qkv.bias.copy_(torch.cat([b for _, b in qkv]))
             for name in ("attn.proj", "mlp.fc1", "mlp.fc2"):
-                weight, bias = paper_linear(block.get_submodule(name))
+                weight, bias = rlrr_linear(block.get_submodule(name))
                 ref.get_submodule(name).weight.copy_(weight)
                 ref.get_submodule(name).bias.copy_(bias)
             add_scale_shift(ref.norm1, block.norm1)

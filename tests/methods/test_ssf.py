@@ -9,6 +9,7 @@ import torch
 
 from peftlab.methods.ssf import ScaleShift, SSFConfig
 from tests.helpers import ATOL, AVERAGE_HEAD, HEAD_100, RTOL, count_on, images, method_yaml, perturb, tiny_vit
+from tests.methods.equations import add_scale_shift
 
 #: RLRR-P Table 2 / Table 3 (= HTA-P Tables 1, 2), "SSF" row: 0.24 M VTAB-1k and 0.39 M FGVC, head included.
 #: Backbone part derived by hand: a (γ, β) pair after the patch conv (768), qkv (2304), proj (768), fc1 (3072),
@@ -24,13 +25,6 @@ def test_parameter_count_matches_paper_on_vit_b16():
         assert round((SSF_VIT_B16 + AVERAGE_HEAD[bench]) / 1e6, 2) == millions
     counts = count_on(SSFConfig(), num_classes=100)
     assert (counts["trainable"], counts["trainable_without_head"]) == (SSF_VIT_B16 + HEAD_100, SSF_VIT_B16)
-
-
-def add_scale_shift(module: torch.nn.Module, layer: ScaleShift, channel_dim: int = -1) -> None:
-    """Paper form: ``γ ⊙ op(x) + β`` on the output of ``module`` (a forward hook on the reference model)."""
-    shape = [-1, 1, 1] if channel_dim == 1 else [-1]
-    scale, shift = layer.ssf_scale.detach().view(shape), layer.ssf_shift.detach().view(shape)
-    module.register_forward_hook(lambda _, __, out: out * scale + shift)
 
 
 def test_forward_equals_scale_shift_after_every_op():

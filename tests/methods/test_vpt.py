@@ -23,6 +23,7 @@ from tests.helpers import (
     perturb,
     tiny_vit,
 )
+from tests.methods.equations import vpt_forward
 
 # VPT §3.2: shallow p·D, deep N·p·D parameters (D = 768, N = 12 on ViT-B/16). The published rows (VTAB-1k 0.11 M /
 # 0.60 M, FGVC 0.25 M / 0.85 M in RLRR-P Tables 2-3) average per-task prompt lengths and heads, so they cannot be
@@ -37,20 +38,6 @@ def test_parameter_count_vit_b16(config, expected):
     assert count_on(config(num_prompts=50), num_classes=100)["trainable"] == expected + HEAD_100
 
 
-def manual_forward(base, prompts, deep: bool, x):
-    """VPT §3.2 on the frozen model's components: ``[x₀, P, E₀]`` into block 1, for deep ``[x_{i-1}, P_{i-1},
-    E_{i-1}]`` into every later block, prompt outputs dropped before the final norm and the head."""
-    tokens = base.norm_pre(base.patch_drop(base._pos_embed(base.patch_embed(x))))
-    batch, p = tokens.shape[0], prompts.shape[1]
-    for i, block in enumerate(base.blocks):
-        if i == 0 or deep:
-            rest = tokens[:, 1:] if i == 0 else tokens[:, 1 + p :]
-            tokens = torch.cat([tokens[:, :1], prompts[i if deep else 0].expand(batch, -1, -1), rest], dim=1)
-        tokens = block(tokens)
-    features = base.norm(torch.cat([tokens[:, :1], tokens[:, 1 + p :]], dim=1))
-    return base.forward_head(features)
-
-
 @pytest.mark.parametrize("config", [VptConfig, VptDeepConfig], ids=["shallow", "deep"])
 @pytest.mark.parametrize("global_pool", ["token", "avg"])
 def test_forward_matches_the_prompted_token_sequence(config, global_pool):
@@ -62,7 +49,7 @@ def test_forward_matches_the_prompted_token_sequence(config, global_pool):
     assert prompts.shape == ((2, 3, 64) if config.deep else (1, 3, 64))
     x = images()
     with torch.no_grad():
-        expected = manual_forward(base, prompts, config.deep, x)
+        expected = vpt_forward(base, prompts, config.deep, x)
         torch.testing.assert_close(model(x), expected, atol=ATOL, rtol=RTOL)
         assert model.forward_features(x).shape == base.forward_features(x).shape
 
