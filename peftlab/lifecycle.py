@@ -158,16 +158,43 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(message).split())
 
 
+#: the record of a job whose process died without writing its end
+DIED = (
+    "the job's process ended without recording how (killed: out of memory, SIGKILL, or a crash of the interpreter); "
+    "rerun the sweep to resume it from its last.ckpt"
+)
+
+
 def failed_jobs(sweep_dir: Path) -> list[tuple[str, str]]:
-    """(job dir, error) of every job under ``sweep_dir`` whose results.json says ``failed``."""
-    from peftlab.results import FAILED, RESULTS_FILE, read_record
+    """(job dir, error) of every job under ``sweep_dir`` whose results.json says ``failed``. Called when the sweep has
+    ended, so a job still ``running`` whose run dir is not locked died unrecorded: it is recorded ``failed`` now."""
+    from peftlab.results import FAILED, RESULTS_FILE, RUNNING, read_record
 
     failed = []
     for path in sorted(Path(sweep_dir).rglob(RESULTS_FILE)):
         record = read_record(path.parent)
+        if record is not None and record.status == RUNNING and not is_locked(path.parent):
+            record.status, record.error = FAILED, DIED
+            record.save(path.parent)
         if record is not None and record.status == FAILED:
             failed.append((str(path.parent), " ".join(str(record.error).split())))
     return failed
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a live process holds ``run_dir``'s :class:`RunLock` (a dead holder's lock is released by the kernel)."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 class SweepSummary(Callback):

@@ -190,6 +190,21 @@ def test_lock_is_released_when_the_holder_ends(tmp_path):
         assert (tmp_path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()}")
 
 
+def test_sweep_end_records_a_job_that_died_running_as_failed_but_not_one_still_locked(tmp_path):
+    from peftlab.lifecycle import failed_jobs
+
+    dead, alive = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
+    for job in (dead, alive):
+        RunRecord(status="running").save(job)
+    with RunLock(dead):  # the lock file of a run whose process then died (SIGKILL: the kernel released the lock)
+        pass
+    with RunLock(alive):
+        failed = failed_jobs(tmp_path / "sweep")
+    assert [job for job, _ in failed] == [str(dead)]
+    assert "ended without recording how (killed: out of memory, SIGKILL" in failed[0][1]
+    assert read_results(dead)["status"] == "failed" and read_results(alive)["status"] == "running"
+
+
 def test_a_complete_result_is_never_replaced(tmp_path):
     complete = RunRecord(status="complete", reported=Reported("test/acc", 0.9))
     complete.save(tmp_path)
