@@ -209,7 +209,7 @@ def setup_runtime(args: argparse.Namespace) -> torch.device:
     torch.manual_seed(args.seed)
     if args.compile:
         load_sibling("bench_floor").enable_compiled_kernel_events()
-        args.tag = args.tag or "compiled"
+        args.tag = f"{args.tag}-compiled" if args.tag else "compiled"
     args.clock = resolve_clock(args)
     return torch.device(args.device)
 
