@@ -129,7 +129,8 @@ def trained_model(cfg, ckpt):
 
 def timm_model(cfg, **kwargs):
     torch.manual_seed(cfg.seed)  # the run's random-init backbone; a pretrained one needs no seed
-    return timm.create_model(cfg.backbone.name, num_classes=cfg.data.num_classes, **cfg.backbone.model_kwargs, **kwargs)
+    size = {"img_size": cfg.data.image_size, **cfg.backbone.model_kwargs}  # the backbone is built at the task's size
+    return timm.create_model(cfg.backbone.name, num_classes=cfg.data.num_classes, **size, **kwargs)
 
 
 @pytest.mark.slow
