@@ -24,7 +24,9 @@ from peftlab.callbacks import keep_csv_history
 from peftlab.checkpoint import load_checkpoint
 from peftlab.conf import CONFIG_PATH
 from peftlab.dashboard import log_summary
-from peftlab.identity import semantic_identity  # also registers the job-dir resolver Hydra's sweeps use
+
+# importing identity also registers the job-dir resolver Hydra's sweeps use
+from peftlab.identity import same_configuration, semantic_identity
 from peftlab.lifecycle import (
     Interrupted,
     RunDirBusy,
@@ -119,11 +121,13 @@ def train_locked(cfg: DictConfig, output_dir: Path, signals: StopSignals) -> Run
 
 def check_same_identity(done: RunRecord, cfg: DictConfig, output_dir: Path) -> None:
     """A complete run is reused only for the same configuration (dir names can collide, defaults can change)."""
-    wanted = semantic_identity(cfg, done.experiment.method)["hash"]
-    if done.identity.hash and done.identity.hash != wanted:
+    wanted = semantic_identity(cfg, done.experiment.method)
+    if done.identity.hash and done.identity.hash != wanted["hash"]:
+        if same_configuration(done.identity.config, wanted["config"]):
+            return  # recorded by an older peftlab under old key names
         raise FileExistsError(
             f"{output_dir} holds a complete run of another configuration (identity {done.identity.hash}, this run "
-            f"{wanted}): set paths.output_dir to a new folder; results are never overwritten"
+            f"{wanted['hash']}): set paths.output_dir to a new folder; results are never overwritten"
         )
 
 

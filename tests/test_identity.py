@@ -82,3 +82,24 @@ def test_wandb_run_names_carry_the_distinguishing_overrides(hydra_conf):
         HydraConfig.instance().set_config(cfg)
         names.add(run_name(cfg, "rlrr"))
     assert names == {"rlrr-demo-s42-lr=0.01", "rlrr-demo-s42-lr=0.001"}
+
+
+def as_recorded_before_the_group_split(config: dict) -> dict:
+    """The identity an older peftlab (b85e8c8) recorded for the same run: label smoothing under optim, the demo's
+    epochs under data, a hub backbone as ``pretrained`` (the differences found by computing both)."""
+    old = {("optim.label_smoothing" if k == "module.label_smoothing" else k): v for k, v in config.items()}
+    old["data.epochs"] = config["trainer.max_epochs"]
+    if str(config["backbone.weights"]).startswith("hub:"):
+        old["backbone.weights"] = "pretrained"
+    return old
+
+
+@pytest.mark.parametrize("overrides", [(), ("backbone=vit_b16_in21k", "data=vtab1k/dtd", "module.label_smoothing=0.1")])
+def test_a_run_recorded_under_old_key_names_is_the_same_configuration(hydra_conf, overrides):
+    from peftlab.identity import same_configuration
+
+    new = identity(*overrides)["config"]
+    old = as_recorded_before_the_group_split(new)
+    assert old != new and same_configuration(old, new)
+    assert not same_configuration({**old, "optim.lr": 0.5}, new)
+    assert not same_configuration({**old, "optim.label_smoothing": 0.3}, new)
