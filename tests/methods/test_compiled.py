@@ -58,3 +58,24 @@ def test_compile_option_maps_to_a_torch_compile_mode(value, mode):
 def test_unknown_compile_mode_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"trainer.compile='fast' is invalid: expected one of true, false, default"):
         compile_mode("fast")
+
+
+@pytest.mark.gpu
+@pytest.mark.float32
+@pytest.mark.parametrize("name", FUSED_METHODS)
+def test_cuda_graphs_step_equals_eager_on_cuda(name):
+    """``trainer.compile=reduce-overhead``: the step replays as CUDA graphs (after its recording steps) and still
+    computes the eager step's outputs and gradients."""
+    eager = get_method(name)(**NO_DROPOUT.get(name, {})).apply(tiny_vit(depth=1))
+    perturb(eager)
+    eager = eager.train().cuda()
+    compiled = copy.deepcopy(eager)
+    compile_in_place(compiled, "reduce-overhead")
+    x, y = images(4, seed=3).cuda(), torch.tensor([0, 1, 2, 3]).cuda()
+    logits, grads = loss_and_grads(eager, x, y)
+    for _ in range(3):  # warm-up and recording runs, then a replay
+        compiled_logits, compiled_grads = loss_and_grads(compiled, x, y)
+        compiled_logits, compiled_grads = compiled_logits.clone(), {k: g.clone() for k, g in compiled_grads.items()}
+    torch.testing.assert_close(compiled_logits, logits, atol=1e-4, rtol=1e-3)
+    for key, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[key], grad, atol=1e-4, rtol=1e-3, msg=key)
