@@ -4,6 +4,7 @@ GPU tests skip without CUDA."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def fresh_wandb_settings():
+    """W&B keeps its first ``wandb.init``'s settings (``WANDB_DIR``, mode) in a process-wide singleton: tear it down
+    after each test so that a later test's offline run lands in its own dir (tests/test_report.py after test_train)."""
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
 
 
 @pytest.fixture(scope="session")
