@@ -73,19 +73,17 @@ def _weights_source(backbone: Any) -> str:
     return weights_source(str(backbone.get("name")), bool(backbone.get("pretrained")), backbone.get("weights_file"))
 
 
-#: identity keys of records written before the config groups stopped reading each other: old key -> new key (None:
-#: the fact moved to a key that is already recorded, e.g. the demo's epochs to ``trainer.max_epochs``)
-MOVED_KEYS = {"optim.label_smoothing": "module.label_smoothing", "data.epochs": None, "data.warmup_epochs": None}
-
-
 def same_configuration(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Whether a recorded identity (possibly written by an older peftlab) is the configuration ``wanted`` describes:
-    moved keys are read under their new names, and an old ``pretrained`` weights source matches any hub source."""
+    moved keys (``options.MOVED_KEYS``) are read under their new names (where the new key is recorded too, as the
+    demo's ``trainer.max_epochs`` next to ``data.epochs``, it already holds the value), and an old ``pretrained``
+    weights source matches any hub source."""
+    from peftlab.options import MOVED_KEYS
+
     old = dict(recorded)
     for key, new_key in MOVED_KEYS.items():
-        if key in old and new_key is not None:
-            old[new_key] = old[key]
-        old.pop(key, None)
+        if key in old:
+            old.setdefault(new_key, old.pop(key))
     if old.get("backbone.weights") == "pretrained" and str(wanted.get("backbone.weights", "")).startswith("hub:"):
         old["backbone.weights"] = wanted["backbone.weights"]
     return old == wanted

@@ -113,3 +113,19 @@ def test_paths_come_from_the_environment(monkeypatch):
 def test_check_reports_config_mistakes(data_dir, capsys):
     assert main(["data=vtab1k/dtd", f"paths.data_dir={data_dir}", "data.num_classes=40", "--no-decode"]) == 1
     assert "data config: data.num_classes=40 but VTAB-1k dtd has 47 classes" in capsys.readouterr().out
+
+
+def test_config_dir_brings_the_users_own_data_configs(tmp_path, monkeypatch, capsys):
+    from peftlab.conf import USER_CONFIG_ENV
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "user_project" / "conf"
+    monkeypatch.setenv(USER_CONFIG_ENV, "")  # restored after the test: --config-dir sets it for the process
+    with pytest.raises(SystemExit, match="data=my_flowers is neither a data config nor a group"):
+        main(["data=my_flowers", "--no-decode", f"paths.data_dir={tmp_path}"])
+    assert main(["--config-dir", str(example), "data=my_flowers", "--no-decode", f"paths.data_dir={tmp_path}"]) == 1
+    assert "my_flowers" in capsys.readouterr().out  # composed from the user's config; its folder is missing here
+
+
+def test_a_moved_key_names_its_new_key():
+    with pytest.raises(SystemExit, match="error: optim.label_smoothing has moved to module.label_smoothing"):
+        main(["data=demo", "optim.label_smoothing=0.1"])

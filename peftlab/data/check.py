@@ -12,14 +12,16 @@ is any problem.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.conf import CONFIG_PATH
+from peftlab.conf import CONFIG_PATH, USER_CONFIG_ENV
 from peftlab.data.base import CheckReport
 from peftlab.data.catalog import BENCHMARKS
 from peftlab.data.errors import Problem
+from peftlab.options import ConfigError, check_moved_keys
 from peftlab.utils import error_message
 
 CONFIG_FIX = "fix the data option named here (see its config: peftlab-train data=<name> --cfg job)"
@@ -108,7 +110,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="peftlab-check", description=__doc__.splitlines()[0])
     parser.add_argument("--no-decode", action="store_true", help="skip decoding every image (cheap checks only)")
     parser.add_argument("--workers", type=int, default=4, help="decoding threads")
+    parser.add_argument(
+        "--config-dir",
+        default=None,
+        help=f"your own config groups, as for the other commands (default: ${USER_CONFIG_ENV})",
+    )
     args, overrides = parser.parse_known_args(argv)
+    if args.config_dir:
+        os.environ[USER_CONFIG_ENV] = args.config_dir
     if not any(o.startswith("data=") for o in overrides):
         parser.error("give data=<config or group>, e.g. data=vtab1k, data=fgvc or data=vtab1k/dtd")
     return args, overrides
@@ -117,6 +126,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     """Runs the checks and prints the table; returns the exit status (1 if any problem)."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        check_moved_keys(overrides)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     selection = next(o for o in overrides if o.startswith("data=")).split("=", 1)[1]
     rest = [o for o in overrides if not o.startswith("data=")]
     reports = []
