@@ -80,6 +80,7 @@ def test_train_config_defaults_are_the_offline_demo(make_cfg):
     cfg = make_cfg()
     assert cfg.data.task == "demo" and cfg.backbone.pretrained is False
     assert 0 < cfg.optim.warmup_epochs < cfg.trainer.max_epochs < EPOCHS  # the demo's own short schedule
+    assert cfg.trainer.check_val_every_n_epoch == 1  # and a curve point at each of its epochs
 
 
 @pytest.mark.parametrize("data", ["vtab1k/dtd", "fgvc/cub", "image_folder"])
@@ -87,6 +88,8 @@ def test_other_data_train_the_protocol_schedule(make_cfg, data):
     """The demo's schedule comes with data=demo only; any other data set gets the trainer/optim defaults."""
     cfg = make_cfg(f"data={data}", "data.task=mine")
     assert (cfg.trainer.max_epochs, cfg.optim.warmup_epochs) == (EPOCHS, EPOCHS // 10)
+    # the training-time evaluation (a diagnostic; on final the whole test set) runs every 10th epoch, not 100 times
+    assert cfg.trainer.check_val_every_n_epoch == 10 and EPOCHS % cfg.trainer.check_val_every_n_epoch == 0
 
 
 def test_experiments_and_debug_configs_override_the_demo_schedule(make_cfg):
