@@ -116,8 +116,10 @@ def test_training_on_your_own_task_reports_it_in_its_own_column(make_cfg, tmp_pa
     write_vtab_task(
         tmp_path / "mine" / "fashion_mnist", num_classes=3, counts={"train800": 48, "val200": 16, "test": 24}
     )
+    # trainer.check_val_every_n_epoch=1: an evaluation curve to take the best epoch from
     cfg = make_cfg("data=vtab_layout", "data.task=fashion_mnist", "data.num_classes=3",
-                   f"data.root={tmp_path / 'mine'}", "data.image_size=32", "trainer.max_epochs=1")  # fmt: skip
+                   f"data.root={tmp_path / 'mine'}", "data.image_size=32", "trainer.max_epochs=1",
+                   "trainer.check_val_every_n_epoch=1")  # fmt: skip
     results = train(cfg)
     assert results.status == "complete"
     assert results.diagnostics["best_epoch"] == 1  # 1-based, as in the log
