@@ -4,7 +4,10 @@ papers' backbones."""
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import timm
@@ -31,6 +34,17 @@ HEAD_100 = 76_900
 AVERAGE_HEAD = {"vtab": 38_045, "fgvc": 180_407, "vtab_large": 50_711}
 
 METHOD_CONF = CONFIG_DIR / "method"
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def load_experiment(name: str):
+    """``experiments/<name>.py`` (a script, not a package module) loaded fresh as the module ``peftlab_<name>``, the
+    name the scripts use for each other (registered in ``sys.modules``: dataclasses resolve their module there)."""
+    spec = importlib.util.spec_from_file_location(f"peftlab_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_vit(num_classes: int = 5, seed: int = 0, **overrides) -> nn.Module:

@@ -3,7 +3,6 @@ the measured numbers, no silent overwrite, and the RLRR/HTA micro-benchmark. No 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,24 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH_FILE = Path(__file__).resolve().parent.parent / "experiments" / "bench.py"
+from tests.helpers import EXPERIMENTS, load_experiment
+
 TINY = ["--backbone", "vit_tiny", "--device", "cpu", "--depth", "2", "--image-size", "32", "--batch", "2"]
 ONE_ROUND = ["--repeats", "1", "--warmup", "1", "--steps", "1", "--quiet"]
 METHODS = ("lora", "adapter")  # one mergeable, one not
 VARIANT = "lora[rank=2]"
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("peftlab_bench", BENCH_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return load_bench()
+    return load_experiment("bench")
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +212,7 @@ def test_before_candidates_run_the_old_code_and_pair_with_the_new(report):
 def test_bench_gpu_stops_with_one_error_line_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: make bench-gpu would run for minutes")
-    script = BENCH_FILE.with_name("bench_gpu.py")
+    script = EXPERIMENTS / "bench_gpu.py"
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: make bench-gpu needs a CUDA device") and proc.stderr.count("\n") == 1

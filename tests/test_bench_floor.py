@@ -3,17 +3,12 @@ equation, checked here against hand-derived FLOP counts on a tiny ViT."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from peftlab.methods import get_method
-from tests.helpers import DIM, TINY_VIT, tiny_vit
+from tests.helpers import DIM, TINY_VIT, load_experiment, tiny_vit
 
-FLOOR_FILE = Path(__file__).resolve().parent.parent / "experiments" / "bench_floor.py"
 BATCH = 2
 TOKENS = (TINY_VIT["img_size"] // TINY_VIT["patch_size"]) ** 2 + 1
 ROWS = BATCH * TOKENS
@@ -22,11 +17,7 @@ DEPTH, HIDDEN = TINY_VIT["depth"], int(DIM * TINY_VIT["mlp_ratio"])
 
 @pytest.fixture(scope="module")
 def floor():
-    spec = importlib.util.spec_from_file_location("peftlab_bench_floor", FLOOR_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_floor")
 
 
 def flops(floor, method: str, **options) -> dict[str, int]:

@@ -3,25 +3,17 @@ from the experiment config, and the extrapolation follows its formula. No timing
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from peftlab.data.splits import read_txt_split
-
-SWEEP_FILE = Path(__file__).resolve().parent.parent / "experiments" / "bench_sweep.py"
+from tests.helpers import load_experiment
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("peftlab_bench_sweep", SWEEP_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_sweep")
 
 
 def test_generated_task_has_the_real_layout_and_counts(sweep, tmp_path):
