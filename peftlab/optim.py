@@ -14,6 +14,7 @@ from torch import nn
 from peftlab.methods.decay import lr_scales as declared_lr_scales
 from peftlab.methods.decay import no_weight_decay
 from peftlab.methods.inject import head_parameters
+from peftlab.options import is_number
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class OptimRecipe:
     scheduler: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
-        if not _is_number(self.lr) or self.lr <= 0:
+        if not is_number(self.lr) or self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr!r} is invalid: expected a number > 0 (e.g. optim.lr=1e-3)")
         check_recipe(self.weight_decay, self.head_lr_scale, self.layer_decay)
 
@@ -78,18 +79,14 @@ def parameter_groups(
 
 def check_recipe(weight_decay: float, head_lr_scale: float, layer_decay: float | None) -> None:
     """Raise a ValueError naming the ``optim`` option that is out of range."""
-    if not _is_number(weight_decay) or weight_decay < 0:
+    if not is_number(weight_decay) or weight_decay < 0:
         raise ValueError(f"optim.weight_decay={weight_decay!r} is invalid: expected a number >= 0")
-    if not _is_number(head_lr_scale) or head_lr_scale <= 0:
+    if not is_number(head_lr_scale) or head_lr_scale <= 0:
         raise ValueError(f"optim.head_lr_scale={head_lr_scale!r} is invalid: expected a number > 0 (1 = same lr)")
-    if layer_decay is not None and not (_is_number(layer_decay) and 0 < layer_decay <= 1):
+    if layer_decay is not None and not (is_number(layer_decay) and 0 < layer_decay <= 1):
         raise ValueError(
             f"optim.layer_decay={layer_decay!r} is invalid: expected a number in (0, 1] (e.g. 0.65), or null for none"
         )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _lr_scales(model: nn.Module, head_lr_scale: float, layer_decay: float | None) -> dict[str, float]:

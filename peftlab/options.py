@@ -70,7 +70,8 @@ def check_options(cfg: DictConfig) -> None:
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool (YAML's true/false are not numbers here)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -80,7 +81,7 @@ def _check_int(value: Any, option: str, minimum: int, example: str) -> None:
 
 
 def _check_number(value: Any, option: str, expected: str, ok: Any, example: str) -> None:
-    if not (_is_number(value) and ok(value)):
+    if not (is_number(value) and ok(value)):
         raise ConfigError(f"{option}={value!r} is invalid: expected {expected} (e.g. {option}={example})")
 
 
