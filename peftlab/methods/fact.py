@@ -192,6 +192,10 @@ class FactLayer(AdapterLayer):
         )
         return weight + delta.to(weight.dtype)
 
+    @property
+    def dropout_p(self) -> float:
+        return self.fact_dropout.p if self.fact_dropout is not None else 0.0
+
     def _up(self) -> Tensor:
         return self._factors.fact_v * self.scale
 
@@ -205,9 +209,7 @@ class FactLayer(AdapterLayer):
         the adapted parts share their factors, scale and dropout; None otherwise."""
         adapted = [p for p in parts if p is not None]
         first = adapted[0]
-        if any(p._factors is not first._factors or p.scale != first.scale for p in adapted) or any(
-            repr(p.fact_dropout) != repr(first.fact_dropout) for p in adapted
-        ):
+        if any((p._factors, p.scale, p.dropout_p) != (first._factors, first.scale, first.dropout_p) for p in adapted):
             return None
         rank = first._factors.fact_u.shape[1]
         zero = first._factors.fact_u.new_zeros(1, rank, rank)

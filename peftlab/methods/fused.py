@@ -128,9 +128,9 @@ def low_rank_linear(
     x: Tensor, weight: Tensor, bias: Tensor | None, down: Tensor, up: Tensor, diag: Tensor | None = None
 ) -> Tensor:
     """``x Wᵀ + b + (x downᵀ) upᵀ + pad(x[:, :m] ⊙ d)`` with ``down`` ``(r, in)``, ``up`` ``(out, r)``, ``d`` of length
-    ``m = min(in, out)``: one base GEMM, the low-rank branch accumulated by ``addmm``."""
-    out = torch.addmm(_flat(F.linear(x, weight, bias)), _flat(F.linear(x, down)), up.T.to(_dtype_of(x, weight)))
-    out = out.view(*x.shape[:-1], weight.shape[0])
+    ``m = min(in, out)``: one base GEMM, the low-rank branch accumulated by ``addmm`` (:func:`shared_up_linear` with a
+    single output block)."""
+    out = shared_up_linear(x, weight, bias, down, up)
     return out if diag is None else _add_diagonal(out, x, diag)
 
 
