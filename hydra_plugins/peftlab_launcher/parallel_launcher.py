@@ -111,20 +111,20 @@ class ParallelLauncher(Launcher):
             return self._run_all(jobs, slots, Path(scratch), sweep_dir / "launcher.jsonl")
 
     def _run_all(self, jobs: deque, slots: list[str], scratch: Path, journal: Path) -> list[JobReturn]:
-
-        free, running, results = list(range(len(slots))), {}, {}
-        state = Singleton.get_state()
+        running, results = {}, {}  # slot -> (process, job, result file, start); job -> JobReturn
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            self._schedule(jobs, slots, scratch, journal, free, running, results, state)
+            self._schedule(jobs, slots, scratch, journal, running, results)
         finally:
             signal.signal(signal.SIGTERM, previous)
             _stop(running, slots, journal)
         return [results[num] for num in sorted(results)]
 
-    def _schedule(self, jobs, slots, scratch, journal, free, running, results, state) -> None:
+    def _schedule(self, jobs: deque, slots: list[str], scratch: Path, journal: Path, running: dict, results: dict):
+        """Runs ``jobs`` k at a time per device, filling ``running`` and ``results`` as they start and end."""
         import cloudpickle
 
+        free, state = list(range(len(slots))), Singleton.get_state()
         while jobs or running:
             while jobs and free:
                 slot = free.pop(0)
