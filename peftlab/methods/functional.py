@@ -112,10 +112,11 @@ def hta_factors(
     b = _pad_last(diag * v_right[..., :m], v_left.shape[-1])
     c = (a * v_right).sum(-1, keepdim=True)
     v_t = torch.stack([v_left, b], dim=-2)
-    u = torch.stack([c * v_right - a, -v_right], dim=-1)
+    u_t = torch.stack([c * v_right - a, -v_right], dim=-2)
     if down is not None:
-        v_t, u = torch.cat([v_t, down.transpose(-1, -2)], dim=-2), torch.cat([u, up.transpose(-1, -2)], dim=-1)
-    return v_t, u
+        v_t, u_t = torch.cat([v_t, down.transpose(-1, -2)], dim=-2), torch.cat([u_t, up], dim=-2)
+    # U as a view of Uᵀ: the GEMMs then hand back Uᵀ's gradient row-major, so `up`'s gradient is a contiguous slice
+    return v_t, u_t.transpose(-1, -2)
 
 
 def _pad_last(x: Tensor, size: int) -> Tensor:
@@ -219,8 +220,9 @@ def cayley(skew: Tensor) -> Tensor:
     with torch.autocast(device_type=skew.device.type, enabled=False):
         q = at_least_float32(skew)
         eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device).expand_as(q)
-        # X (I − Q) = I + Q  ⇔  X = (I + Q)(I − Q)⁻¹
-        return torch.linalg.solve(eye - q, eye + q, left=False)
+        # X (I − Q) = I + Q  ⇔  X = (I + Q)(I − Q)⁻¹. I − Q is invertible for every skew Q (eigenvalues 1 − iλ), so
+        # solve_ex skips linalg.solve's error check, a device-to-host sync per call on a GPU
+        return torch.linalg.solve_ex(eye - q, eye + q, left=False)[0]
 
 
 def rotate_input_blocks(weight: Tensor, rotation: Tensor) -> Tensor:
@@ -299,7 +301,8 @@ def fact_down(u: Tensor, cores: Tensor, out_blocks: int, in_blocks: int) -> Tens
     :func:`fact_delta_weight`)."""
     d, rank = u.shape
     grid = cores.reshape(out_blocks, in_blocks, rank, rank)
-    return torch.einsum("ka,ojab->objk", u, grid).reshape(out_blocks * rank, in_blocks * d)
+    # (U Σ_{o,j}) then blocks transposed into place; this order hands U its gradient row-major, as U is stored
+    return torch.matmul(u, grid).permute(0, 3, 1, 2).reshape(out_blocks * rank, in_blocks * d)
 
 
 def arc_adapter(x: Tensor, u: Tensor, scale: Tensor, bias: Tensor, dropout: torch.nn.Module | None = None) -> Tensor:
@@ -309,7 +312,11 @@ def arc_adapter(x: Tensor, u: Tensor, scale: Tensor, bias: Tensor, dropout: torc
     down = x @ (u * scale).to(x.dtype)
     if dropout is not None:
         down = dropout(down)
-    return x + down @ u.to(x.dtype).T + bias.to(x.dtype)
+    # one addmm: the residual and bias ride in the GEMM's accumulator instead of a separate element-wise pass
+    flat = torch.addmm(
+        (x + bias.to(x.dtype)).reshape(-1, x.shape[-1]), down.reshape(-1, down.shape[-1]), u.to(x.dtype).T
+    )
+    return flat.view_as(x)
 
 
 def arc_merged_weight(weight: Tensor, u: Tensor, scale: Tensor) -> Tensor:

@@ -161,6 +161,40 @@ def shared_up_linear(
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
+class BlockDiagonalUpFunction(torch.autograd.Function):
+    """``out + hidden · blockdiag(up_1, …, up_B)ᵀ`` (one ``addmm``), ``out`` ``(N, B·w)``, ``hidden`` ``(N, Σr)``,
+    ``up_i`` ``(w, r_i)``. Backward computes each ``up_i``'s gradient as its own ``w×r_i`` GEMM in ``up_i``'s memory
+    layout: through ``torch.block_diag`` autograd would hand out strided slices of one ``(B·w, Σr)`` product, mostly
+    zero blocks, that gradient accumulation then copies again."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, hidden: Tensor, *ups: Tensor) -> Tensor:
+        block = torch.block_diag(*(up.to(out.dtype) for up in ups))
+        ctx.save_for_backward(hidden, block, *ups)
+        return torch.addmm(out, hidden.to(out.dtype), block.T)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        hidden, block, *ups = ctx.saved_tensors
+        grad_hidden = (grad @ block).to(hidden.dtype) if ctx.needs_input_grad[1] else None
+        grad_ups, row, col = [], 0, 0
+        for index, up in enumerate(ups):
+            width, rank = up.shape
+            needed = ctx.needs_input_grad[2 + index] and rank > 0
+            rows, cols = grad[:, row : row + width], hidden[:, col : col + rank].to(grad.dtype)
+            grad_ups.append(_product_in_layout_of(rows.T, cols, up).to(up.dtype) if needed else None)
+            row, col = row + width, col + rank
+        return grad, grad_hidden, *grad_ups
+
+
+def _product_in_layout_of(a: Tensor, b: Tensor, like: Tensor) -> Tensor:
+    """``a @ b``, computed as ``(bᵀ aᵀ)ᵀ`` when ``like`` is column-major, so that the result has ``like``'s strides."""
+    if like.T.is_contiguous() and not like.is_contiguous():
+        return (b.T @ a.T).T
+    return a @ b
+
+
 def qkv_low_rank(
     x: Tensor,
     weight: Tensor,
@@ -173,11 +207,10 @@ def qkv_low_rank(
     ups form one block-diagonal ``(3·out, Σr)`` matrix so that the branch is a single ``addmm`` into the output.
     """
     width = weight.shape[0] // len(factors)
-    dtype = _dtype_of(x, weight)
     downs = [f[0] for f in factors if f is not None]
-    ups = [f[1].to(dtype) if f is not None else weight.new_zeros(width, 0, dtype=dtype) for f in factors]
+    ups = [f[1] if f is not None else weight.new_zeros(width, 0) for f in factors]
     hidden = F.linear(x, torch.cat(downs) if len(downs) > 1 else downs[0])
-    out = torch.addmm(_flat(F.linear(x, weight, bias)), _flat(hidden), torch.block_diag(*ups).T)
+    out = BlockDiagonalUpFunction.apply(_flat(F.linear(x, weight, bias)), _flat(hidden), *ups)
     out = out.view(*x.shape[:-1], weight.shape[0])
     diags = [f[2] if f is not None else None for f in factors]
     if all(d is None for d in diags):

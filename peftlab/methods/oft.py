@@ -17,7 +17,7 @@ Choices:
     * Size the blocks with ``block_size`` or with ``r`` (number of blocks), not both; either must divide the input
       width of every target.
     * The bias is kept frozen and unrotated (R acts on the weight only).
-    * The Cayley transform is computed in float32 with ``torch.linalg.solve`` and autocast disabled.
+    * The Cayley transform is computed in float32 with ``torch.linalg.solve_ex`` and autocast disabled.
     * Training applies ``R`` to the input, ``y = (x R) Wᵀ + b`` (O(N·D·b) per layer): the gradient of ``R`` needs
       only the input-gradient GEMM that a frozen layer computes anyway, while the weight form ``W Rᵀ`` would need the
       weight-gradient GEMM ``gᵀx`` as well. Merging builds ``W Rᵀ`` once.

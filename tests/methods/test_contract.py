@@ -130,3 +130,25 @@ def test_config_keeps_no_state_between_calls(name):
     before = copy.deepcopy(vars(config))
     config.apply(tiny_vit())
     assert vars(config) == before, f"{name}: apply() stored {sorted(set(vars(config)) - set(before))} on the config"
+
+
+def strides_agree(grad: torch.Tensor, param: torch.Tensor) -> bool:
+    """Autograd's gradient layout contract: equal strides in every dimension of size > 1."""
+    return all(g == p for g, p, size in zip(grad.stride(), param.stride(), param.shape, strict=True) if size > 1)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_gradients_arrive_in_each_parameters_layout(name):
+    """Every trainable parameter receives its gradient in its own strides, so gradient accumulation keeps the tensor
+    instead of copying it (a strided gradient costs an allocation and a copy kernel per parameter and step)."""
+    _, model = adapted(name)
+    model.train()
+    strided = []
+    for key, param in model.named_parameters():
+        if param.requires_grad:
+            report = f"{key} {tuple(param.shape)}: strides {param.stride()}, gradient"
+            param.register_hook(
+                lambda g, p=param, r=report: None if strides_agree(g, p) else strided.append(f"{r} {g.stride()}")
+            )
+    model(images()).square().mean().backward()
+    assert not strided, f"{name}: gradients that gradient accumulation must copy: {strided}"
