@@ -600,7 +600,8 @@ def dispatch_counts(
     candidate: Candidate, images: Tensor, labels: Tensor, dtype: str, compiled: bool = False
 ) -> dict[str, int]:
     """ATen ops (compiled: kernels) of one forward + backward, the optimiser step excluded, counted after one uncounted
-    call."""
+    call. On CUDA ``kernel`` is the host-side launches instead (:class:`bench_floor.LaunchCounter`) and ``all`` the
+    kernel ops."""
 
     def forward_backward() -> None:
         candidate.model.train()
@@ -613,7 +614,11 @@ def dispatch_counts(
     floor = load_sibling("bench_floor")
     with floor.CompiledKernelCounter() if compiled else floor.DispatchCounter() as counter:
         forward_backward()
-    return {"all": counter.all, "kernel": counter.kernel}
+    if not images.is_cuda:
+        return {"all": counter.all, "kernel": counter.kernel}
+    with floor.LaunchCounter() as launches:
+        forward_backward()
+    return {"all": counter.kernel, "kernel": launches.count}
 
 
 def build_candidates(args: argparse.Namespace, device: torch.device, methods: list[str]) -> list[Candidate]:
@@ -971,11 +976,16 @@ def bench_table_row(row: dict[str, Any]) -> list[str]:
 
 
 OPS_DEFINITION = {
-    False: "ops: ATen ops of one forward + backward (optimiser excluded), kernels only (views, transposes, detach "
-    "excluded); all ops: including those.",
-    True: "ops (every model torch.compile'd): kernels of one compiled forward + backward (optimiser excluded), counted "
-    "by the profiler: Inductor-generated kernels plus the outermost ATen calls (GEMMs, attention, ops outside the "
-    "graph); all ops = ops.",
+    (False, False): "ops: ATen ops of one forward + backward (optimiser excluded), kernels only (views, transposes, "
+    "detach excluded); all ops: including those.",
+    (False, True): "ops (every model torch.compile'd): kernels of one compiled forward + backward (optimiser "
+    "excluded), counted by the profiler: Inductor-generated kernels plus the outermost ATen calls (GEMMs, attention, "
+    "ops outside the graph); all ops = ops.",
+    (True, False): "ops: host-side kernel launches of one forward + backward (optimiser excluded), from the profiler's "
+    "CUDA runtime/driver launch calls; all ops: the ATen kernel ops dispatched (views, transposes, detach excluded).",
+    (True, True): "ops (every model torch.compile'd): host-side kernel launches of one compiled forward + backward "
+    "(optimiser excluded), from the profiler's CUDA runtime/driver launch calls, a CUDA-graph replay counting one; "
+    "all ops: the kernels Inductor and ATen run (Inductor kernels plus outermost ATen calls).",
 }
 
 
@@ -1005,9 +1015,10 @@ def bench_markdown(report: dict[str, Any]) -> str:
         f"{e2e['train_size']} images + {e2e['test_size']} test images at the measured train/infer throughput (model "
         f"only); all tasks h: × {e2e['tasks']}.",
     ]
+    ops_definition = OPS_DEFINITION[s["device"] == "cuda", bool(s.get("compile"))]
     lines += [
         "",
-        f"floor ×frozen: {report['floor']} ×floor = ×frozen / floor ×frozen. {OPS_DEFINITION[bool(s.get('compile'))]}",
+        f"floor ×frozen: {report['floor']} ×floor = ×frozen / floor ×frozen. {ops_definition}",
     ]
     if report["before_after"]:
         lines += ["", *before_after_markdown(report["before_after"])]

@@ -10,6 +10,7 @@
 * :class:`DispatchCounter`: the ATen ops a forward + backward dispatches (a ``TorchDispatchMode``): exact and
   independent of machine load. ``kernel`` excludes metadata-only ops (views, transposes, detach), ``all`` includes
   them. The optimiser step is excluded (one fused/foreach kernel per group on a GPU).
+* :class:`LaunchCounter`: on CUDA, the host-side kernel launches of a step (a CUDA-graph replay counts one).
 * :func:`load_before`: a git revision's ``peftlab`` package imported as ``peftlab_before``, so the code before a change
   is timed in the same process and interleaved with the code after it.
 """
@@ -96,6 +97,34 @@ class CompiledKernelCounter:
         self._profile.__exit__(*exc)
         self.ops = Counter(_kernel_name(e) for e in self._profile.events() if _is_kernel(e))
         self.all = self.kernel = sum(self.ops.values())
+
+
+#: host-side launch calls of the CUDA runtime and driver (version suffixes such as ``_v11060`` vary)
+LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchCooperativeKernel", "cudaGraphLaunch")
+
+
+class LaunchCounter:
+    """Kernel launches a CUDA step issues from the host, from the profiler's runtime/driver API events: what bounds a
+    short GPU step. A CUDA-graph replay (``trainer.compile=reduce-overhead``) is one launch for the whole graph."""
+
+    def __enter__(self) -> LaunchCounter:
+        from torch.profiler import ProfilerActivity, profile
+
+        self._profile = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+        self._profile.__exit__(*exc)
+        self.count = count_launches(event.name for event in self._profile.events())
+
+
+def count_launches(names: Any) -> int:
+    """How many of the profiler event ``names`` are launch calls (:data:`LAUNCH_CALLS`)."""
+    return sum(1 for name in names if name.startswith(LAUNCH_CALLS))
 
 
 def _is_kernel(event: Any) -> bool:

@@ -68,6 +68,22 @@ def test_dispatch_counter_counts_kernels_and_metadata_ops(floor):
     assert counter.kernel >= 3 and counter.all > counter.kernel
 
 
+def test_launch_counter_counts_runtime_and_driver_launches_and_graph_replays(floor):
+    names = ["cudaLaunchKernel", "cudaLaunchKernelExC_v11060", "cuLaunchKernel", "cudaGraphLaunch", "aten::mm",
+             "cudaMemcpyAsync", "triton_poi_fused_add_0", "cudaStreamSynchronize"]  # fmt: skip
+    assert floor.count_launches(names) == 4
+
+
+@pytest.mark.gpu
+def test_launch_counter_sees_one_launch_per_eager_kernel_on_cuda(floor):
+    x = torch.randn(64, 64, device="cuda")
+    x @ x  # warm-up (cuBLAS handle)
+    with floor.LaunchCounter() as counter:
+        for _ in range(3):
+            x = x @ x
+    assert counter.count >= 3
+
+
 @pytest.mark.slow
 def test_compiled_kernel_counter_sees_inductor_kernels_and_the_gemms_left_to_aten(floor):
     floor.enable_compiled_kernel_events()
