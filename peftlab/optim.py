@@ -14,7 +14,7 @@ from torch import nn
 from peftlab.methods.decay import lr_scales as declared_lr_scales
 from peftlab.methods.decay import no_weight_decay
 from peftlab.methods.inject import head_parameters
-from peftlab.options import is_number
+from peftlab.options import check_optim
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,13 @@ class OptimRecipe:
     scheduler: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
-        if not is_number(self.lr) or self.lr <= 0:
-            raise ValueError(f"optim.lr={self.lr!r} is invalid: expected a number > 0 (e.g. optim.lr=1e-3)")
-        check_recipe(self.weight_decay, self.head_lr_scale, self.layer_decay)
+        check_optim(
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_epochs=self.warmup_epochs,
+            head_lr_scale=self.head_lr_scale,
+            layer_decay=self.layer_decay,
+        )
 
     def create_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """The optimizer over the trainable parameters of ``model``, grouped by weight decay and lr multiplier."""
@@ -64,7 +68,7 @@ def parameter_groups(
     the block above, the embeddings the least. Each group carries its multiplier as ``lr_scale``; apply it with
     :func:`scale_learning_rates` once the optimizer exists.
     """
-    check_recipe(weight_decay, head_lr_scale, layer_decay)
+    check_optim(weight_decay=weight_decay, head_lr_scale=head_lr_scale, layer_decay=layer_decay)
     exempt = no_weight_decay(model)
     scales = _lr_scales(model, head_lr_scale, layer_decay)
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
@@ -75,18 +79,6 @@ def parameter_groups(
         {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
         for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
     ]
-
-
-def check_recipe(weight_decay: float, head_lr_scale: float, layer_decay: float | None) -> None:
-    """Raise a ValueError naming the ``optim`` option that is out of range."""
-    if not is_number(weight_decay) or weight_decay < 0:
-        raise ValueError(f"optim.weight_decay={weight_decay!r} is invalid: expected a number >= 0")
-    if not is_number(head_lr_scale) or head_lr_scale <= 0:
-        raise ValueError(f"optim.head_lr_scale={head_lr_scale!r} is invalid: expected a number > 0 (1 = same lr)")
-    if layer_decay is not None and not (is_number(layer_decay) and 0 < layer_decay <= 1):
-        raise ValueError(
-            f"optim.layer_decay={layer_decay!r} is invalid: expected a number in (0, 1] (e.g. 0.65), or null for none"
-        )
 
 
 def _lr_scales(model: nn.Module, head_lr_scale: float, layer_decay: float | None) -> dict[str, float]:

@@ -62,12 +62,29 @@ def check_options(cfg: DictConfig) -> None:
     _check_int(cfg.data.get("eval_batch_size"), "data.eval_batch_size", minimum=1, example="data.eval_batch_size=128")
     _check_int(cfg.trainer.get("max_epochs"), "trainer.max_epochs", minimum=0, example="trainer.max_epochs=100")
     optim = cfg.optim
-    _check_number(optim.get("lr"), "optim.lr", "a number > 0", lambda v: v > 0, "1e-3")
-    _check_number(optim.get("weight_decay"), "optim.weight_decay", "a number >= 0", lambda v: v >= 0, "1e-4 or 0")
-    _check_number(optim.get("warmup_epochs", 0), "optim.warmup_epochs", "a number >= 0", lambda v: v >= 0, "10")
+    check_optim(**{key: optim.get(key) for key in OPTIM_RANGES if key in optim or key in ("lr", "weight_decay")})
     smoothing = (cfg.get("module") or {}).get("label_smoothing", 0.0)
     _check_number(smoothing, "module.label_smoothing", "a number in [0, 1)", lambda v: 0 <= v < 1, "0.1")
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
+
+
+#: the ranges of the optim group's numbers: ``key: (expected, test, example)``
+OPTIM_RANGES = {
+    "lr": ("a number > 0", lambda v: v > 0, "1e-3"),
+    "weight_decay": ("a number >= 0", lambda v: v >= 0, "1e-4 or 0"),
+    "warmup_epochs": ("a number >= 0", lambda v: v >= 0, "10"),
+    "head_lr_scale": ("a number > 0 (1: the same lr as the rest)", lambda v: v > 0, "1"),
+    "layer_decay": ("a number in (0, 1], or null for none", lambda v: 0 < v <= 1, "0.65"),
+}
+
+
+def check_optim(**values: Any) -> None:
+    """Raise a ConfigError for the first optim value out of its range (:data:`OPTIM_RANGES`); ``layer_decay`` may be
+    None. The one check of these options: before any compute (:func:`check_options`) and when a recipe is built."""
+    for key, value in values.items():
+        if not (key == "layer_decay" and value is None):
+            expected, ok, example = OPTIM_RANGES[key]
+            _check_number(value, f"optim.{key}", expected, ok, example)
 
 
 def is_number(value: Any) -> bool:

@@ -79,6 +79,8 @@ BAD_OPTIONS = [
     (["optim.lr=0"], "optim.lr=0 is invalid: expected a number > 0"),
     (["optim.lr=fast"], "optim.lr='fast' is invalid: expected a number > 0"),
     (["optim.warmup_epochs=-1"], "optim.warmup_epochs=-1 is invalid: expected a number >= 0"),
+    (["optim.head_lr_scale=0"], "optim.head_lr_scale=0 is invalid: expected a number > 0"),
+    (["optim.layer_decay=1.5"], "optim.layer_decay=1.5 is invalid: expected a number in (0, 1], or null for none"),
     (["seed=abc"], "seed='abc' is invalid: expected an integer >= 0 (e.g. seed=42)"),
     (["seed=-3"], "seed=-3 is invalid: expected an integer >= 0"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is invalid: expected an integer >= 0"),
