@@ -69,11 +69,15 @@ class DispatchCounter(TorchDispatchMode):
 
 def enable_compiled_kernel_events() -> None:
     """Make Inductor's generated CPU kernels visible to the profiler (set before compiling) and let every candidate
-    keep its compiled graphs (one process compiles many models of the same timm code)."""
+    keep its compiled graphs (one process compiles many models of the same timm code), each specialised to its own
+    shapes: with automatic dynamic shapes a candidate compiled after another with the same code but other sizes (FacT-TT
+    after FacT-TK) would get a dynamic-shape graph with extra size arithmetic, and its counts would depend on the
+    order of the candidates."""
     import torch._dynamo
     import torch._inductor.config
 
     torch._inductor.config.cpp.enable_kernel_profile = True
+    torch._dynamo.config.automatic_dynamic_shapes = False
     for limit in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
         if hasattr(torch._dynamo.config, limit):
             setattr(torch._dynamo.config, limit, 4096)
