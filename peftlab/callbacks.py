@@ -66,8 +66,10 @@ class LastCheckpoint(ModelCheckpoint):
     or not validation runs that epoch), every ``every_n_train_steps`` optimizer steps when > 0 (for long epochs),
     and when the run is stopped by a signal (SIGTERM/SIGINT, see ``peftlab.lifecycle``).
 
-    Resuming from an end-of-epoch checkpoint reproduces the uninterrupted run exactly (the data order is a function
-    of the epoch and the random state travels in the checkpoint); a mid-epoch one resumes the same schedule."""
+    Resuming reproduces the uninterrupted run exactly: the data order is a function of the epoch, the random state
+    travels in the checkpoint and, for the cached VTAB loader, so does the position within the epoch (a mid-epoch
+    checkpoint resumes with the next batch). With the PIL loader (FGVC, tasks over ``cache_max_gb``) a mid-epoch
+    resume trains the rest of that epoch on a newly drawn order: the same schedule, not the same batches."""
 
     LAST_NAME = "last.ckpt"
 
@@ -110,20 +112,39 @@ class LastCheckpoint(ModelCheckpoint):
             self._last_global_step_saved = -1
             self.write_last(trainer)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = trainer
+
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rng": rng_state()}
+        state = {**super().state_dict(), "rng": rng_state()}
+        if (loader := self._resumable_train_loader()) is not None:
+            state["train_loader"] = loader.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._saved_rng = state_dict.pop("rng", None)
+        self._saved_loader = state_dict.pop("train_loader", None)
         super().load_state_dict(state_dict)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The random state is restored once the dataloaders exist (creating them draws from it, as in the
-        uninterrupted run), just before training goes on."""
+        uninterrupted run), just before training goes on; so is the position of a training pass stopped mid-epoch
+        (Lightning's own loader-state restore is skipped when the train loader was built before the checkpoint was
+        loaded, as ``estimated_stepping_batches`` does)."""
         super().on_train_start(trainer, pl_module)
         if getattr(self, "_saved_rng", None) is not None:
             set_rng_state(self._saved_rng)
             self._saved_rng = None
+        if getattr(self, "_saved_loader", None) is not None and (loader := self._resumable_train_loader()) is not None:
+            loader.load_state_dict(self._saved_loader)
+        self._saved_loader = None
+
+    def _resumable_train_loader(self) -> Any:
+        """The train loader when it can save and restore its position (the cached VTAB loader), else None."""
+        trainer = getattr(self, "_trainer", None)
+        loader = trainer.train_dataloader if trainer is not None else None
+        return loader if hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict") else None
 
 
 def rng_state() -> dict[str, Any]:

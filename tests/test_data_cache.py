@@ -190,6 +190,33 @@ def test_set_epoch_replays_an_epoch_exactly():
     assert not torch.equal(torch.cat([y for _, y in epochs[0]]), torch.cat([y for _, y in epochs[1]]))
 
 
+def test_state_dict_resumes_a_pass_after_the_batches_already_trained():
+    loader = tiny_loader(shuffle=True, hflip=True, seed=5)
+    loader.set_epoch(1)
+    uninterrupted = list(loader)
+    loader.set_epoch(1)
+    passing = iter(loader)
+    for _ in range(2):  # two batches trained, then the run is stopped and its checkpoint saved
+        next(passing)
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches_done": 2}
+    resumed = tiny_loader(shuffle=True, hflip=True, seed=5)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == len(uninterrupted) - 2
+    for (x, y), (x_resumed, y_resumed) in zip(uninterrupted[2:], rest, strict=True):
+        assert torch.equal(x, x_resumed) and torch.equal(y, y_resumed)  # same samples, same flips
+    assert len(list(resumed)) == len(uninterrupted), "only the resumed pass skips"
+
+
+def test_state_of_a_complete_pass_resumes_with_a_whole_epoch():
+    loader = tiny_loader(shuffle=True, seed=5)
+    list(loader)
+    resumed = tiny_loader(shuffle=True, seed=5)
+    resumed.load_state_dict(loader.state_dict())  # an end-of-epoch checkpoint
+    assert len(list(resumed)) == len(loader)
+
+
 def build_disk_cache_in_child(task_dir: str, marker: str, result: str) -> None:
     """Runs in a spawned process: one 'job' building the val200 disk cache, recording when it decodes."""
     import time

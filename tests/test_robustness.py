@@ -69,6 +69,41 @@ def test_killed_run_resumes_to_the_same_final_metrics(cli_env, tmp_path):
     assert all(filled(row) in after for row in rows_before if int(row["epoch"] or 0) <= saved["epoch"])
 
 
+@pytest.mark.slow
+def test_run_stopped_mid_epoch_resumes_to_the_same_final_metrics(cli_env, tmp_path):
+    """SIGTERM inside an epoch (a preemption): last.ckpt is saved at that batch, and the resumed run trains the rest
+    of the epoch on the batches the uninterrupted run saw, in the same order with the same flips: exactly the
+    reference run."""
+    steps_per_epoch = 125  # the demo's 1000 train images at batch 8
+    args = [
+        *DEMO_FAST,
+        "trainer.max_epochs=2",
+        "data.batch_size=8",
+        "callbacks.model_checkpoint.every_n_train_steps=20",
+    ]
+    ref_dir, run_dir = tmp_path / "reference", tmp_path / "interrupted"
+    ref = subprocess.run(cli(*args, f"hydra.run.dir={ref_dir}"), env=cli_env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    proc = subprocess.Popen(
+        cli(*args, f"hydra.run.dir={run_dir}"), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for_checkpoint(proc, run_dir / "checkpoints" / "last.ckpt")  # step 20 of epoch 0
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] % steps_per_epoch != 0, "the signal's checkpoint must be inside an epoch"
+
+    resumed = subprocess.run(cli(*args, f"hydra.run.dir={run_dir}"), env=cli_env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "not resumable" not in resumed.stdout + resumed.stderr
+    expected, got = final(ref_dir), final(run_dir)
+    assert got["status"] == "complete"
+    assert got["train_info"]["global_step"] == expected["train_info"]["global_step"] == 2 * steps_per_epoch
+    assert got["metrics"]["test/loss"] == expected["metrics"]["test/loss"]
+    assert got["metrics"]["test/acc"] == expected["metrics"]["test/acc"]
+
+
 def filled(row: dict) -> dict:
     return {k: v for k, v in row.items() if v}
 

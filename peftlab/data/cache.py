@@ -171,6 +171,8 @@ class CachedBatchLoader:
         if seed is None:  # drawn from the global RNG: reproducible under seed_everything, new for every loader
             seed = int(torch.randint(0, 2**62, ()))
         self.seed = seed
+        self.batches_done = 0  # of the current pass, as training saw them (no prefetching: the loader is sized)
+        self._resume_after = 0
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -178,7 +180,20 @@ class CachedBatchLoader:
 
         ``ClassificationModule`` calls this at the start of every training epoch (like ``DistributedSampler``'s).
         """
+        self.epoch = epoch
         self.generator = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the pass stands: Lightning stores it in every checkpoint, so a mid-epoch one (every N steps, or a
+        signal) resumes with the batch after the last one trained."""
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """The next pass is the saved epoch's, without the batches already trained on (none to skip when the saved
+        pass was complete: an end-of-epoch checkpoint)."""
+        self.set_epoch(state["epoch"])
+        done = state["batches_done"]
+        self._resume_after = done if done < len(self) else 0
 
     def __len__(self) -> int:
         samples = self._samples_per_rank()
@@ -186,17 +201,26 @@ class CachedBatchLoader:
 
     def __iter__(self):
         order = self._rank_order()
+        skip, self._resume_after, self.batches_done = self._resume_after, 0, 0
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             if self.drop_last and len(index) < self.batch_size:
                 return
+            self.batches_done += 1
+            if self.batches_done <= skip:
+                self._flips(len(index))  # drawn as the uninterrupted pass did, so the later batches' flips match
+                continue
             yield self._batch(index)
+
+    def _flips(self, count: int) -> torch.Tensor | None:
+        return (torch.rand(count, generator=self.generator) < 0.5) if self.hflip else None
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         index = index.to(self.images.device)
         images = self.images[index]
-        if self.hflip:
-            flip = (torch.rand(len(index), generator=self.generator) < 0.5).to(images.device)
+        flip = self._flips(len(index))
+        if flip is not None:
+            flip = flip.to(images.device)
             images[flip] = images[flip].flip(-1)
         return normalize_uint8(images, self.mean, self.std), self.labels[index]
 
