@@ -301,8 +301,8 @@ def fact_down(u: Tensor, cores: Tensor, out_blocks: int, in_blocks: int) -> Tens
     :func:`fact_delta_weight`)."""
     d, rank = u.shape
     grid = cores.reshape(out_blocks, in_blocks, rank, rank)
-    # (U Σ_{o,j}) then blocks transposed into place; this order hands U its gradient row-major, as U is stored
-    return torch.matmul(u, grid).permute(0, 3, 1, 2).reshape(out_blocks * rank, in_blocks * d)
+    # block (o, j) = Σ_{o,j}ᵀ Uᵀ; written with Uᵀ on the right, autograd hands U its gradient row-major, as U is stored
+    return torch.matmul(grid.transpose(-1, -2), u.T).permute(0, 2, 1, 3).reshape(out_blocks * rank, in_blocks * d)
 
 
 def arc_adapter(x: Tensor, u: Tensor, scale: Tensor, bias: Tensor, dropout: torch.nn.Module | None = None) -> Tensor:
