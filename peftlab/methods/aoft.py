@@ -131,7 +131,7 @@ class AOFTLinear(_AOFTLayer):
             scale = at_least_float32(part.aoft_scale)
             factors.append(((bases[index] * scale).T, bases[index + 1], None))
             index += 2
-        return qkv_low_rank(x, fused.weight, fused.bias, factors)
+        return qkv_low_rank(x, fused.weight, fused.bias, factors, ups_are_parameters=False)
 
 
 class AOFTAdapter(_AOFTLayer):

@@ -163,13 +163,15 @@ def shared_up_linear(
 
 class BlockDiagonalUpFunction(torch.autograd.Function):
     """``out + hidden · blockdiag(up_1, …, up_B)ᵀ`` (one ``addmm``), ``out`` ``(N, B·w)``, ``hidden`` ``(N, Σr)``,
-    ``up_i`` ``(w, r_i)``. Backward computes each ``up_i``'s gradient as its own ``w×r_i`` GEMM in ``up_i``'s memory
-    layout: through ``torch.block_diag`` autograd would hand out strided slices of one ``(B·w, Σr)`` product, mostly
-    zero blocks, that gradient accumulation then copies again."""
+    ``up_i`` ``(w, r_i)``. With ``per_block`` backward computes each ``up_i``'s gradient as its own ``w×r_i`` GEMM in
+    ``up_i``'s memory layout, for ups that are parameters (or views of them): through ``torch.block_diag`` autograd
+    would hand out strided slices of one ``(B·w, Σr)`` product that gradient accumulation then copies again. Without
+    it (ups computed from other parameters, whose backward takes any strides) one GEMM gives all blocks."""
 
     @staticmethod
-    def forward(ctx, out: Tensor, hidden: Tensor, *ups: Tensor) -> Tensor:
+    def forward(ctx, out: Tensor, hidden: Tensor, per_block: bool, *ups: Tensor) -> Tensor:
         block = torch.block_diag(*(up.to(out.dtype) for up in ups))
+        ctx.per_block = per_block
         ctx.save_for_backward(hidden, block, *ups)
         return torch.addmm(out, hidden.to(out.dtype), block.T)
 
@@ -178,14 +180,18 @@ class BlockDiagonalUpFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         hidden, block, *ups = ctx.saved_tensors
         grad_hidden = (grad @ block).to(hidden.dtype) if ctx.needs_input_grad[1] else None
+        full = None if ctx.per_block else grad.T @ hidden.to(grad.dtype)
         grad_ups, row, col = [], 0, 0
         for index, up in enumerate(ups):
             width, rank = up.shape
-            needed = ctx.needs_input_grad[2 + index] and rank > 0
-            rows, cols = grad[:, row : row + width], hidden[:, col : col + rank].to(grad.dtype)
-            grad_ups.append(_product_in_layout_of(rows.T, cols, up).to(up.dtype) if needed else None)
+            if ctx.needs_input_grad[3 + index] and rank > 0:
+                rows, cols = grad[:, row : row + width], hidden[:, col : col + rank].to(grad.dtype)
+                part = full[row : row + width, col : col + rank] if full is not None else None
+                grad_ups.append((_product_in_layout_of(rows.T, cols, up) if part is None else part).to(up.dtype))
+            else:
+                grad_ups.append(None)
             row, col = row + width, col + rank
-        return grad, grad_hidden, *grad_ups
+        return grad, grad_hidden, None, *grad_ups
 
 
 def _product_in_layout_of(a: Tensor, b: Tensor, like: Tensor) -> Tensor:
@@ -200,17 +206,20 @@ def qkv_low_rank(
     weight: Tensor,
     bias: Tensor | None,
     factors: list[tuple[Tensor, Tensor, Tensor | None] | None],
+    ups_are_parameters: bool = True,
 ) -> Tensor:
     """timm's fused qkv ``x Wᵀ + b`` (one GEMM) plus each adapted block's ``(x downᵀ) upᵀ (+ x ⊙ d)``.
 
     ``factors`` holds per q, k, v block ``(down, up, diag)`` or None (unadapted). All downs run as one GEMM; the
     ups form one block-diagonal ``(3·out, Σr)`` matrix so that the branch is a single ``addmm`` into the output.
+    ``ups_are_parameters``: the ups are parameters (or views of them), which get their gradients in their own
+    layout (:class:`BlockDiagonalUpFunction`); False when they are computed from parameters (AOFT's bases).
     """
     width = weight.shape[0] // len(factors)
     downs = [f[0] for f in factors if f is not None]
     ups = [f[1] if f is not None else weight.new_zeros(width, 0) for f in factors]
     hidden = F.linear(x, torch.cat(downs) if len(downs) > 1 else downs[0])
-    out = BlockDiagonalUpFunction.apply(_flat(F.linear(x, weight, bias)), _flat(hidden), *ups)
+    out = BlockDiagonalUpFunction.apply(_flat(F.linear(x, weight, bias)), _flat(hidden), ups_are_parameters, *ups)
     out = out.view(*x.shape[:-1], weight.shape[0])
     diags = [f[2] if f is not None else None for f in factors]
     if all(d is None for d in diags):

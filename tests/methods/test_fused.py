@@ -113,13 +113,15 @@ def test_low_rank_linear_with_diagonal_equals_the_formula(dim_in, dim_out, autoc
 
 
 @autocast_cases()
-def test_qkv_low_rank_equals_per_block_updates(autocast):
+@pytest.mark.parametrize("ups_are_parameters", [True, False], ids=["per-block", "one-gemm"])
+def test_qkv_low_rank_equals_per_block_updates(autocast, ups_are_parameters):
     dim, rank = 5, 2
     x, weight, bias = randn(2, 3, dim), randn(3 * dim, dim, seed=1), randn(3 * dim, seed=2)
     q_down, q_up, v_down, v_up, v_diag = randn(rank, dim), randn(dim, rank), randn(3, dim), randn(dim, 3), randn(dim)
 
     def fast(x, q_down, q_up, v_down, v_up, v_diag):
-        return fused.qkv_low_rank(x, weight, bias, [(q_down, q_up, None), None, (v_down, v_up, v_diag)])
+        factors = [(q_down, q_up, None), None, (v_down, v_up, v_diag)]
+        return fused.qkv_low_rank(x, weight, bias, factors, ups_are_parameters)
 
     def plain(x, q_down, q_up, v_down, v_up, v_diag):
         w_q, w_k, w_v = weight.chunk(3)
