@@ -246,6 +246,14 @@ def rotate_input(x: Tensor, rotation: Tensor) -> Tensor:
     return rotated.flatten(-2)
 
 
+def rotate_input_per_block(x: Tensor, rotations: Tensor) -> Tensor:
+    """:func:`rotate_input` for ``P`` rotations at once: ``rotations`` ``(P, n, b, b)``, returns ``(P, *x.shape)``
+    with ``x R_p`` in row ``p`` (the q and v blocks of a fused qkv, each with its own OFT rotation)."""
+    _, blocks, size, _ = rotations.shape
+    rotated = torch.einsum("...nc,pncb->p...nb", x.unflatten(-1, (blocks, size)), rotations.to(x.dtype))
+    return rotated.flatten(-2)
+
+
 # --- Baselines: bottleneck adapters, VPT, FacT, ARC ------------------------------------------------------------------
 
 

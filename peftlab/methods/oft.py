@@ -110,5 +110,29 @@ class OftLayer(AdapterLayer):
         rotated = functional.rotate_input(x, self.rotation())
         return F.linear(rotated, self.base_layer.weight, self.base_layer.bias)
 
+    @staticmethod
+    def qkv_forward(fused: nn.Linear, parts: list[OftLayer | None], x: Tensor) -> Tensor | None:
+        """q, k, v of timm's fused qkv: the rotations of all adapted blocks from one Cayley solve, the input rotated
+        for all of them in one pass and their GEMMs as one batched GEMM; None (the generic path) when the adapted
+        blocks differ in block size."""
+        adapted = [i for i, part in enumerate(parts) if part is not None]
+        size = parts[adapted[0]].block_size
+        if any(parts[i].block_size != size for i in adapted):
+            return None
+        skews = torch.stack([parts[i].oft_skew for i in adapted])  # (P, n, free)
+        rotations = functional.cayley(functional.skew_symmetric(skews.flatten(0, 1), size)).to(skews.dtype)
+        rotated = functional.rotate_input_per_block(x, rotations.unflatten(0, (len(adapted), -1)))  # (P, ..., in)
+        width = fused.weight.shape[0] // len(parts)
+        weights = fused.weight.unflatten(0, (len(parts), width))[adapted]  # (P, width, in)
+        out = torch.bmm(rotated.flatten(1, -2), weights.transpose(1, 2).to(rotated.dtype))  # (P, N, width)
+        blocks = [None] * len(parts)
+        for row, i in enumerate(adapted):
+            blocks[i] = out[row].view(*x.shape[:-1], width)
+        for i, block in enumerate(blocks):
+            if block is None:
+                blocks[i] = F.linear(x, fused.weight[i * width : (i + 1) * width], None)
+        out = torch.cat(blocks, dim=-1)
+        return out if fused.bias is None else out + fused.bias.to(out.dtype)
+
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}, num_blocks={self.oft_skew.shape[0]}"
