@@ -173,12 +173,12 @@ def test_micro_benchmark_compares_both_forms_of_rlrr_and_hta(bench, tmp_path):
     assert advice["faster"] in {"weight", "activation"} and advice["weight_over_activation"] > 0
 
 
-def test_frozen_limit_trains_only_the_head_but_needs_every_activation_gradient(bench):
+def test_frozen_limit_needs_every_activation_gradient_and_no_block_weight_gradient(bench):
     args = bench.parse_args([*TINY, "--quiet"])
     args.image_size = 32
     model = bench.make_frozen_limit(bench.build_backbone(args))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"head.weight", "head.bias"}
+    assert trainable == {"head.weight", "head.bias", "pos_embed"}  # pos_embed: the input gradient, no weight
     seen = {}
     model.blocks[0].register_forward_hook(lambda module, inputs, output: seen.update(first_block=output))
     model(torch.randn(2, 3, 32, 32)).sum().backward()
