@@ -38,25 +38,32 @@ def check_moved_keys(overrides: Sequence[str]) -> None:
             raise ConfigError(f"{key.lstrip('+~')} has moved to {new}: use {new}={value}")
 
 
-def migrate_moved_keys(cfg: DictConfig) -> DictConfig:
-    """A config saved before the keys moved (a checkpoint's run config), with each moved value under its new key."""
+def moved_keys_in(cfg: DictConfig) -> list[tuple[str, str, DictConfig, str]]:
+    """``(old key, new key, its group node, key in the group)`` of every moved key ``cfg`` still sets."""
+    found = []
     for old, new in MOVED_KEYS.items():
         group, _, key = old.partition(".")
         node = cfg.get(group)
         if node is not None and key in node:
-            with open_dict(cfg):
-                value = node.pop(key)
-                if OmegaConf.select(cfg, new) is None:
-                    OmegaConf.update(cfg, new, value, force_add=True)
+            found.append((old, new, node, key))
+    return found
+
+
+def migrate_moved_keys(cfg: DictConfig) -> DictConfig:
+    """A config saved before the keys moved (a checkpoint's run config), with each moved value under its new key."""
+    for _, new, node, key in moved_keys_in(cfg):
+        with open_dict(cfg):
+            value = node.pop(key)
+            if OmegaConf.select(cfg, new) is None:
+                OmegaConf.update(cfg, new, value, force_add=True)
     return cfg
 
 
 def check_options(cfg: DictConfig) -> None:
     """Raise a ConfigError for the first invalid run option (data, optimisation, trainer, seed)."""
-    for old, new in MOVED_KEYS.items():  # in a config file (an experiment, local/default.yaml)
-        group, _, key = old.partition(".")
-        if key in (cfg.get(group) or {}):
-            raise ConfigError(f"{old} has moved to {new}: set {new} in your config instead")
+    if moved := moved_keys_in(cfg):  # in a config file (an experiment, local/default.yaml)
+        old, new, _, _ = moved[0]
+        raise ConfigError(f"{old} has moved to {new}: set {new} in your config instead")
     _check_int(cfg.get("seed"), "seed", minimum=0, example="seed=42")
     _check_int(cfg.data.get("batch_size"), "data.batch_size", minimum=1, example="data.batch_size=32")
     _check_int(cfg.data.get("eval_batch_size"), "data.eval_batch_size", minimum=1, example="data.eval_batch_size=128")
