@@ -81,6 +81,12 @@ class OftConfig(MethodConfig):
         return OftLayer(base, self.block_size_for(name, base.in_features))
 
 
+def rotations(upper: Tensor, size: int) -> Tensor:
+    """OFT's orthogonal blocks from the strict upper triangles ``upper`` ``(n, b(b−1)/2)``: Cayley of ``U − Uᵀ``,
+    shape ``(n, b, b)``, in ``upper``'s dtype."""
+    return functional.cayley(functional.skew_symmetric(upper, size)).to(upper.dtype)
+
+
 class OftLayer(AdapterLayer):
     """``y = x (W Rᵀ)ᵀ + b`` with ``R`` block-diagonal orthogonal, built by Cayley from ``oft_skew``."""
 
@@ -98,8 +104,7 @@ class OftLayer(AdapterLayer):
 
     def rotation(self) -> Tensor:
         """The orthogonal blocks ``R_i``, shape ``(num_blocks, b, b)``, in the dtype of ``oft_skew``."""
-        skew = functional.skew_symmetric(self.oft_skew, self.block_size)
-        return functional.cayley(skew).to(self.oft_skew.dtype)
+        return rotations(self.oft_skew, self.block_size)
 
     def merged_weight(self) -> Tensor:
         weight = self.base_layer.weight
@@ -120,18 +125,16 @@ class OftLayer(AdapterLayer):
         if any(parts[i].block_size != size for i in adapted):
             return None
         skews = torch.stack([parts[i].oft_skew for i in adapted])  # (P, n, free)
-        rotations = functional.cayley(functional.skew_symmetric(skews.flatten(0, 1), size)).to(skews.dtype)
-        rotated = functional.rotate_input_per_block(x, rotations.unflatten(0, (len(adapted), -1)))  # (P, ..., in)
+        blocks = rotations(skews.flatten(0, 1), size).unflatten(0, (len(adapted), -1))  # (P, n, b, b)
+        rotated = functional.rotate_input_per_block(x, blocks)  # (P, ..., in)
         width = fused.weight.shape[0] // len(parts)
-        weights = fused.weight.unflatten(0, (len(parts), width))[adapted]  # (P, width, in)
-        out = torch.bmm(rotated.flatten(1, -2), weights.transpose(1, 2).to(rotated.dtype))  # (P, N, width)
-        blocks = [None] * len(parts)
-        for row, i in enumerate(adapted):
-            blocks[i] = out[row].view(*x.shape[:-1], width)
-        for i, block in enumerate(blocks):
-            if block is None:
-                blocks[i] = F.linear(x, fused.weight[i * width : (i + 1) * width], None)
-        out = torch.cat(blocks, dim=-1)
+        weights = fused.weight.unflatten(0, (len(parts), width))  # (3, width, in)
+        products = iter(torch.bmm(rotated.flatten(1, -2), weights[adapted].transpose(1, 2).to(rotated.dtype)))
+        outputs = [
+            F.linear(x, weights[i]) if part is None else next(products).view(*x.shape[:-1], width)
+            for i, part in enumerate(parts)
+        ]
+        out = torch.cat(outputs, dim=-1)
         return out if fused.bias is None else out + fused.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
