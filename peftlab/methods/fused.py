@@ -184,12 +184,13 @@ class BlockDiagonalUpFunction(torch.autograd.Function):
         grad_ups, row, col = [], 0, 0
         for index, up in enumerate(ups):
             width, rank = up.shape
-            if ctx.needs_input_grad[3 + index] and rank > 0:
-                rows, cols = grad[:, row : row + width], hidden[:, col : col + rank].to(grad.dtype)
-                part = full[row : row + width, col : col + rank] if full is not None else None
-                grad_ups.append((_product_in_layout_of(rows.T, cols, up) if part is None else part).to(up.dtype))
-            else:
+            if not (ctx.needs_input_grad[3 + index] and rank > 0):
                 grad_ups.append(None)
+            elif full is not None:
+                grad_ups.append(full[row : row + width, col : col + rank].to(up.dtype))
+            else:
+                rows, cols = grad[:, row : row + width], hidden[:, col : col + rank].to(grad.dtype)
+                grad_ups.append(_product_in_layout_of(rows.T, cols, up).to(up.dtype))
             row, col = row + width, col + rank
         return grad, grad_hidden, None, *grad_ups
 
