@@ -13,7 +13,7 @@ limit: every weight frozen except the head and the position embedding, whose gra
 first block's input gradient) makes the backward pass compute every activation gradient through all blocks and no
 weight gradient. No method that adapts the blocks can need less backward work. (A ``requires_grad_()`` on the
 patch-embedding output would do the same in eager mode, but it breaks a compiled model into three graphs and costs a
-gradient copy, which made the compiled reference 34 kernels at one ViT-B block instead of 31.)
+gradient copy, which made the compiled reference 34 kernels at one ViT-B block instead of 32.)
 
 Memory per candidate, measured after timing with one more step: on CUDA ``max_memory_allocated`` during the step above
 what was allocated before it, plus the candidate's own parameters, buffers and optimiser state (other candidates share
