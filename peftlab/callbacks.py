@@ -141,7 +141,7 @@ class LastCheckpoint(ModelCheckpoint):
         self._saved_loader = None
 
     def _resumable_train_loader(self) -> Any:
-        """The train loader when it can save and restore its position (the cached VTAB loader), else None."""
+        """The train loader when it can save and restore its position (peftlab's training loaders), else None."""
         trainer = getattr(self, "_trainer", None)
         loader = trainer.train_dataloader if trainer is not None else None
         return loader if hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict") else None

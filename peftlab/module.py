@@ -132,7 +132,7 @@ class ClassificationModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader
-        if hasattr(loader, "set_epoch"):  # the cached VTAB loader: same order per epoch, resumed or not
+        if hasattr(loader, "set_epoch"):  # peftlab's training loaders: same order per epoch, resumed or not
             loader.set_epoch(self.current_epoch)
 
     def on_train_start(self) -> None:

@@ -121,7 +121,7 @@ def test_loader_hflip_flips_whole_samples():
 def test_loader_shards_disjointly_across_ranks(monkeypatch):
     seen = []
     for rank in range(3):
-        monkeypatch.setattr(cache_module, "_rank_and_world", lambda rank=rank: (rank, 3))
+        monkeypatch.setattr(cache_module, "rank_and_world", lambda rank=rank: (rank, 3))
         loader = tiny_loader(shuffle=True, seed=5)
         labels = torch.cat([y for _, y in loader]).tolist()
         assert len(labels) == 4 and len(loader) == 1

@@ -124,3 +124,64 @@ def test_unknown_dataset_and_wrong_count(tmp_path):
         fgvc(tmp_path, "aircraft", 100)
     with pytest.raises(ValueError, match="num_classes=100 but FGVC cub has 200"):
         fgvc(tmp_path, "cub", 100)
+
+
+def train_batches(root: Path, epoch: int, workers: int, seed: int = 7) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    data = FGVCDataModule(root, "dogs", 120, num_workers=workers, image_size=16, batch_size=16, seed=seed)
+    data.setup()
+    loader = data.train_dataloader()
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def assert_same_batches(got, expected) -> None:
+    assert len(got) == len(expected)
+    for (x, y), (x_expected, y_expected) in zip(got, expected, strict=True):
+        assert torch.equal(y, y_expected) and torch.equal(x, x_expected)
+
+
+def test_training_batches_do_not_depend_on_the_worker_count(dogs_root):
+    """Random crops and flips are drawn per sample from (seed, epoch, index): two workers give the pixels one gives."""
+    alone = train_batches(dogs_root, epoch=1, workers=0)
+    assert_same_batches(train_batches(dogs_root, epoch=1, workers=2), alone)
+    other_epoch = train_batches(dogs_root, epoch=2, workers=0)
+    assert not torch.equal(torch.cat([y for _, y in alone]), torch.cat([y for _, y in other_epoch]))
+    first = {int(y): x for xs, ys in alone for x, y in zip(xs, ys, strict=True)}
+    again = {int(y): x for xs, ys in other_epoch for x, y in zip(xs, ys, strict=True)}
+    assert sum(torch.equal(first[k], again[k]) for k in first) < len(first) / 4, "each epoch draws new augmentations"
+
+
+def test_a_training_pass_stopped_mid_epoch_resumes_with_the_batches_it_had_left(dogs_root):
+    """The loader's state counts the batches training consumed (not those its workers prefetched); a new loader given
+    that state yields exactly the rest of the pass: same samples, same crops and flips."""
+    uninterrupted = train_batches(dogs_root, epoch=1, workers=2)
+    data = FGVCDataModule(dogs_root, "dogs", 120, num_workers=2, image_size=16, batch_size=16, seed=7)
+    data.setup()
+    loader = data.train_dataloader()
+    loader.set_epoch(1)
+    passing = iter(loader)
+    for _ in range(3):
+        next(passing)
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches_done": 3}
+    resumed = FGVCDataModule(dogs_root, "dogs", 120, num_workers=0, image_size=16, batch_size=16, seed=7)
+    resumed.setup()
+    resumed_loader = resumed.train_dataloader()
+    resumed_loader.load_state_dict(state)
+    assert_same_batches(list(resumed_loader), uninterrupted[3:])
+    assert len(list(resumed_loader)) == len(uninterrupted), "only the resumed pass skips"
+
+
+def test_training_loader_shards_disjointly_across_ranks(dogs_root, monkeypatch):
+    """Under DDP each rank takes its share of the same seeded permutation, as ``DistributedSampler`` does."""
+    from peftlab.data import datasets
+
+    data = fgvc(dogs_root, "dogs", 120)
+    data.setup()
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(datasets, "rank_and_world", lambda rank=rank: (rank, 3))
+        labels = torch.cat([y for _, y in train_batches(dogs_root, epoch=0, workers=0)]).tolist()
+        assert len(labels) == len(data.train_data) // 3  # 126 = train + val (split=final): no padding needed
+        seen += labels
+    assert sorted(seen) == sorted(data.train_data.labels)

@@ -70,15 +70,20 @@ def test_killed_run_resumes_to_the_same_final_metrics(cli_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_run_stopped_mid_epoch_resumes_to_the_same_final_metrics(cli_env, tmp_path):
+@pytest.mark.parametrize("cache", ["memory", "none"], ids=["cached-loader", "pil-loader"])
+def test_run_stopped_mid_epoch_resumes_to_the_same_final_metrics(cli_env, tmp_path, cache):
     """SIGTERM inside an epoch (a preemption): last.ckpt is saved at that batch, and the resumed run trains the rest
     of the epoch on the batches the uninterrupted run saw, in the same order with the same flips: exactly the
-    reference run."""
+    reference run. Both training loaders: the cached one (the VTAB default) and the PIL one (FGVC, splits over the
+    cache limit), which prefetches with worker processes."""
     steps_per_epoch = 125  # the demo's 1000 train images at batch 8
     args = [
         *DEMO_FAST,
         "trainer.max_epochs=2",
         "data.batch_size=8",
+        f"data.cache={cache}",
+        "+data.hflip=true",
+        "data.num_workers=2",
         "callbacks.model_checkpoint.every_n_train_steps=20",
     ]
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "interrupted"

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from peftlab.data.datasets import ImageListDataset
+from peftlab.data.datasets import ImageListDataset, ResumableImageLoader
 from peftlab.data.errors import DataError, Problem
 from peftlab.data.images import interpolation_mode
 from peftlab.data.splits import LabeledImages, check_split_name
@@ -71,6 +71,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         mean: Per-channel normalisation mean (pass the backbone's).
         std: Per-channel normalisation std (pass the backbone's).
         pin_memory: Pin host memory (bool, or ``"auto"`` = when CUDA is available).
+        seed: Seed of the training order and augmentations (default: drawn from torch's global RNG, so
+            ``seed_everything`` makes it reproducible).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         mean: Sequence[float] = INCEPTION_MEAN_STD,
         std: Sequence[float] = INCEPTION_MEAN_STD,
         pin_memory: bool | str = "auto",
+        seed: int | None = None,
     ):
         super().__init__()
         check_split_name(split)
@@ -100,6 +103,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.image_size, self.interpolation = image_size, interpolation
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.pin_memory = resolve_pin_memory(pin_memory)
+        self.seed = seed
         self.task_dir: Path | None = None
         self.folder_found: str | None = None
         self.train_data: LabeledImages | None = None
@@ -181,15 +185,16 @@ class ImageClassificationDataModule(L.LightningDataModule):
         ]
 
     def _image_loader(self, images: LabeledImages, transform: Callable, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(
-            ImageListDataset(images, transform),
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+        """The PIL path; the training loader shuffles with seeded per-sample augmentations and resumes mid-epoch."""
+        dataset = ImageListDataset(images, transform)
+        workers = {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if train:
+            return ResumableImageLoader(dataset, batch_size, seed=self.seed, **workers)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **workers)
 
     def _require_setup(self) -> None:
         if self.train_data is None:

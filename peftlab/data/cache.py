@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
+from peftlab.data.datasets import rank_and_world
 from peftlab.data.images import decode_resized_uint8, normalize_uint8
 from peftlab.data.splits import LabeledImages
 
@@ -227,7 +227,7 @@ class CachedBatchLoader:
     def _rank_order(self) -> torch.Tensor:
         count = len(self.images)
         order = torch.randperm(count, generator=self.generator) if self.shuffle else torch.arange(count)
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         if world == 1:
             return order
         padded = self._samples_per_rank() * world
@@ -235,11 +235,5 @@ class CachedBatchLoader:
         return order[rank::world]
 
     def _samples_per_rank(self) -> int:
-        _, world = _rank_and_world()
+        _, world = rank_and_world()
         return math.ceil(len(self.images) / world)
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1

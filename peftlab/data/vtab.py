@@ -68,7 +68,6 @@ class VTABDataModule(ImageClassificationDataModule):
         generate_demo: Generate the demo dataset at ``root`` (``task`` must be ``demo``) before reading it.
         cache_device: ``auto`` (the trainer's device) or an explicit device such as ``cpu``.
         cache_max_gb: Largest split (in GB of uint8 pixels) that is cached.
-        seed: Seed of the cached loader's shuffling/flips (default: drawn from torch's global RNG).
         group: Defaults to the task's VTAB group (your own task: ``custom``); a different value is an error.
         dataset: ``vtab1k`` or ``demo`` (the catalog's tasks), or any other name for your own task.
         **kwargs: See :class:`~peftlab.data.base.ImageClassificationDataModule`.
@@ -90,7 +89,6 @@ class VTABDataModule(ImageClassificationDataModule):
         generate_demo: bool = False,
         cache_device: str = "auto",
         cache_max_gb: float = 4.0,
-        seed: int | None = None,
         **kwargs: Any,
     ):
         spec = task_spec(dataset, task, num_classes, group)
@@ -101,7 +99,7 @@ class VTABDataModule(ImageClassificationDataModule):
             raise ValueError(f"generate_demo=true only makes sense for task 'demo', not {task!r}")
         self.spec = spec
         self.cache, self.hflip, self.generate_demo = cache, hflip, generate_demo
-        self.cache_device, self.cache_max_gb, self.seed = cache_device, cache_max_gb, seed
+        self.cache_device, self.cache_max_gb = cache_device, cache_max_gb
         self.cached: dict[str, torch.Tensor] = {}
         if self.dataset == "vtab1k":
             self.MISSING_CLASS_ADVICE = VTAB_MISSING_CLASS_ADVICE
