@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 from peftlab.data import VTABDataModule
 from peftlab.data import cache as cache_module
 from peftlab.data.cache import CachedBatchLoader, load_or_build_cache
+from peftlab.data.datasets import ResumableImageLoader
 from peftlab.data.splits import read_txt_split
 from tests.data_fixtures import write_vtab_task
 
@@ -87,8 +89,27 @@ def test_disk_cache_is_written_reused_and_keyed_by_content(vtab_root):
 def test_splits_over_the_size_limit_use_the_pil_path(vtab_root):
     data = eurosat(vtab_root, cache_max_gb=3 * 12 * 12 * 500 / 1e9)  # fits val200, not train800
     data.setup()
-    assert isinstance(data.train_dataloader(), DataLoader) and isinstance(data.val_dataloader(), CachedBatchLoader)
+    assert isinstance(data.train_dataloader(), ResumableImageLoader)
+    assert isinstance(data.val_dataloader(), CachedBatchLoader)
     assert data.describe()["cache_sources"] == {"eval": "memory"}
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"], ids=["cached-loader", "pil-loader"])
+def test_overfitting_trains_on_the_same_batches_every_epoch(vtab_root, cache):
+    """``trainer.overfit_batches``: Lightning cannot turn shuffling off in peftlab's loaders, the data module does."""
+    data = eurosat(vtab_root, cache=cache, batch_size=100, cache_device="cpu")
+    data.setup()
+    data.trainer = SimpleNamespace(overfit_batches=2)
+    overfit = data.train_dataloader()
+    data.trainer = SimpleNamespace(overfit_batches=0)
+    shuffled = data.train_dataloader()
+    orders = {}
+    for name, loader in (("overfit", overfit), ("shuffled", shuffled)):
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            orders[name, epoch] = torch.cat([y for _, y in loader])
+    assert torch.equal(orders["overfit", 0], orders["overfit", 1])
+    assert not torch.equal(orders["shuffled", 0], orders["shuffled", 1])
 
 
 def tiny_loader(**kwargs) -> CachedBatchLoader:

@@ -184,7 +184,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
             f"{self.MISSING_CLASS_ADVICE}"
         ]
 
-    def _image_loader(self, images: LabeledImages, transform: Callable, batch_size: int, train: bool) -> DataLoader:
+    def _image_loader(
+        self, images: LabeledImages, transform: Callable, batch_size: int, train: bool
+    ) -> DataLoader | ResumableImageLoader:
         """The PIL path; the training loader shuffles with seeded per-sample augmentations and resumes mid-epoch."""
         dataset = ImageListDataset(images, transform)
         workers = {
@@ -193,8 +195,14 @@ class ImageClassificationDataModule(L.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
         }
         if train:
-            return ResumableImageLoader(dataset, batch_size, seed=self.seed, **workers)
+            return ResumableImageLoader(dataset, batch_size, seed=self.seed, shuffle=self.shuffles(), **workers)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **workers)
+
+    def shuffles(self) -> bool:
+        """Whether training draws a new order every epoch: not when overfitting (``trainer.overfit_batches``), which
+        must see the same batches every epoch (Lightning cannot turn off shuffling in peftlab's loaders)."""
+        trainer = getattr(self, "trainer", None)
+        return not (trainer is not None and trainer.overfit_batches)
 
     def _require_setup(self) -> None:
         if self.train_data is None:

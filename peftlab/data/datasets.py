@@ -62,10 +62,7 @@ def rank_and_world() -> tuple[int, int]:
 
 class SeededSampler(DistributedSampler):
     """``DistributedSampler``'s order for this rank (one process: the whole permutation of (seed, epoch)), yielding
-    ``(index, augmentation seed)`` keys and able to start a pass after its first ``start`` samples.
-
-    Being a ``DistributedSampler``, Lightning leaves it in place under DDP instead of wrapping it in its own.
-    """
+    ``(index, augmentation seed)`` keys and able to start a pass after its first ``start`` samples."""
 
     def __init__(self, dataset: Dataset, shuffle: bool, seed: int) -> None:
         rank, world = rank_and_world()
@@ -78,32 +75,41 @@ class SeededSampler(DistributedSampler):
             yield index, sample_seed(self.seed, self.epoch, index)
 
 
-class ResumableImageLoader(DataLoader):
-    """The PIL path's training loader: a seeded shuffled order and per-sample augmentation seeds
-    (:class:`SeededSampler`), and the pass's position in ``state_dict`` like
-    :class:`~peftlab.data.cache.CachedBatchLoader`'s (which Lightning stores in every checkpoint).
+class ResumableImageLoader:
+    """The PIL path's training loader: a ``DataLoader`` over a seeded shuffled order with per-sample augmentation
+    seeds (:class:`SeededSampler`), iterated like one, with the pass's position in ``state_dict`` as
+    :class:`~peftlab.data.cache.CachedBatchLoader` has it (the checkpoint stores it).
+
+    Neither a ``DataLoader`` subclass nor holding a ``sampler`` attribute: Lightning would re-create such a loader to
+    swap its sampler (under DDP, or for ``overfit_batches``) and lose the seeded order; :class:`SeededSampler` shards
+    across ranks itself, and the data module turns shuffling off when overfitting.
 
     Args:
         dataset: The training images.
         batch_size: Samples per batch.
         seed: Seed of the order and the augmentations; by default drawn from torch's global RNG (set by
             ``seed_everything``).
+        shuffle: A new order every epoch (else the dataset's order).
         **kwargs: Passed to ``DataLoader`` (workers, pinning); not ``shuffle`` or ``sampler``.
     """
 
-    def __init__(self, dataset: ImageListDataset, batch_size: int, seed: int | None = None, **kwargs) -> None:
+    def __init__(
+        self, dataset: ImageListDataset, batch_size: int, seed: int | None = None, shuffle: bool = True, **kwargs
+    ) -> None:
         if seed is None:  # drawn from the global RNG: reproducible under seed_everything, new for every loader
             seed = int(torch.randint(0, 2**62, ()))
-        super().__init__(dataset, batch_size=batch_size, sampler=SeededSampler(dataset, True, seed), **kwargs)
+        self.order = SeededSampler(dataset, shuffle=shuffle, seed=seed)
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.order, **kwargs)
+        self.batch_size = batch_size
         self.batches_done = 0  # of the current pass, as training consumed them (workers prefetch ahead of it)
         self._resume_after = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch N draws the same order and augmentations whether or not the run was resumed."""
-        self.sampler.set_epoch(epoch)
+        self.order.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done}
+        return {"epoch": self.order.epoch, "batches_done": self.batches_done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """The next pass is the saved epoch's, without the batches already trained on (none to skip after a complete
@@ -112,10 +118,13 @@ class ResumableImageLoader(DataLoader):
         done = state["batches_done"]
         self._resume_after = done if done < len(self) else 0
 
+    def __len__(self) -> int:
+        return len(self.loader)
+
     def __iter__(self):
         skip, self._resume_after = self._resume_after, 0
-        self.sampler.start = skip * self.batch_size
+        self.order.start = skip * self.batch_size
         self.batches_done = skip
-        for batch in super().__iter__():
+        for batch in self.loader:
             self.batches_done += 1
             yield batch

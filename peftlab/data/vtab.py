@@ -164,7 +164,7 @@ class VTABDataModule(ImageClassificationDataModule):
                 batch_size,
                 self.mean,
                 self.std,
-                shuffle=train,
+                shuffle=train and self.shuffles(),
                 hflip=train and self.hflip,
                 seed=self.seed,
             )
