@@ -237,6 +237,7 @@ class Candidate:
     merged: nn.Module | None = None
     flops: dict[str, int] | None = None
     ops: dict[str, int] | None = None
+    kernels_added: int | None = None  # the kernels its math adds to the frozen step's (the dispatch floor)
 
 
 def build_backbone(args: argparse.Namespace) -> nn.Module:
@@ -480,6 +481,9 @@ def floor_and_ops(candidate: Candidate, medians: dict[str, float], frozen: Candi
     floor = ratio(candidate.flops["step"], candidate.flops["frozen"]) if candidate.flops else None
     train_vs_frozen = ratio(medians[f"{candidate.name}/train"], medians["frozen/train"])
     ops, frozen_ops = candidate.ops or {}, frozen.ops or {}
+    ops_floor = None
+    if frozen_ops.get("kernel") is not None and candidate.kernels_added is not None:
+        ops_floor = frozen_ops["kernel"] + candidate.kernels_added
     return {
         "flops_step": candidate.flops and candidate.flops["step"],
         "floor_vs_frozen": floor,
@@ -488,6 +492,9 @@ def floor_and_ops(candidate: Candidate, medians: dict[str, float], frozen: Candi
         "ops_all": ops.get("all"),
         "ops_vs_frozen": ratio(ops.get("kernel"), frozen_ops.get("kernel")),
         "ops_all_vs_frozen": ratio(ops.get("all"), frozen_ops.get("all")),
+        "ops_floor": ops_floor,
+        "ops_floor_vs_frozen": ratio(ops_floor, frozen_ops.get("kernel")),
+        "ops_vs_floor": ratio(ops.get("kernel"), ops_floor),
     }
 
 
@@ -656,6 +663,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     for c in candidates:
         c.ops = dispatch_counts(c, images, labels, args.dtype, compiled=bool(args.compile))
         c.flops = load_sibling("bench_floor").step_flops(plain, c.model, c.name, args.batch, tokens)
+        c.kernels_added = load_sibling("bench_floor").added_kernels(c.model, c.name)
     memory_key = "cuda_peak_bytes" if device.type == "cuda" else "estimated_bytes"
     rows = [candidate_row(candidates, c, samples, medians, memory, args, memory_key) for c in candidates]
     data = None if args.no_data else data_path_comparison(args)
@@ -675,6 +683,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "before_after": before_after(rows, args.before),
         "floor": load_sibling("bench_floor").FLOOR_DEFINITION,
+        "ops_floor": load_sibling("bench_floor").KERNEL_FLOOR_DEFINITION,
         "end_to_end": end_to_end_record(args, data),
         "data": data,
         "samples_s": samples,
@@ -935,6 +944,8 @@ BENCH_HEADER = [
     "mem MiB",
     "mem ×full",
     "ops ×frozen",
+    "ops floor ×frozen",
+    "ops ×floor",
     "all ops ×frozen",
     "infer img/s",
     "merged img/s",
@@ -964,6 +975,8 @@ def bench_table_row(row: dict[str, Any]) -> list[str]:
         fmt_mib(row["memory_bytes"]),
         fmt_ratio(row["memory_vs_full"]),
         fmt_ratio(row["ops_vs_frozen"]),
+        fmt_ratio(row.get("ops_floor_vs_frozen")),
+        fmt_ratio(row.get("ops_vs_floor")),
         fmt_ratio(row["ops_all_vs_frozen"]),
         fmt_rate(row["infer_images_per_s"]),
         fmt_rate(row["merged_images_per_s"]),
@@ -1018,6 +1031,8 @@ def bench_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"floor ×frozen: {report['floor']} ×floor = ×frozen / floor ×frozen. {ops_definition}",
+        "",
+        f"ops floor ×frozen: {report.get('ops_floor', '')} ops ×floor = ops / (frozen ops + those).",
     ]
     if report["before_after"]:
         lines += ["", *before_after_markdown(report["before_after"])]

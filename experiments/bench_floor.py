@@ -7,6 +7,14 @@
   RLRR, HTA's weight form), ``6·N·r·(in+out)`` for a rank-``r`` branch (LoRA, AOFT, HTA's activation form with rank
   ``2 + r``, adapters, ARC, FacT), ``6·N·in·b`` for OFT's input-side block rotation, extra tokens for VPT, and nothing
   for the O(N·D) element-wise methods (SSF, BitFit). The floor of a step is ``frozen step × flops / frozen flops``.
+* :func:`added_kernels`: the kernels a method's math adds to the frozen step's, at one kernel per GEMM (or solve)
+  and every element-wise pass fused into a neighbour: 6 per rank-``r`` branch (forward down and up GEMMs; backward
+  the hidden gradient, the input gradient through the down factor and both factor gradients), with q, k and v of a
+  fused qkv one branch (their downs stacked, their ups block-diagonal); 1 per rescaled linear (RLRR's weight-gradient
+  GEMM); 3 + 3 per OFT rotation (the block-diagonal ``bmm`` forward, its input and rotation gradients; the Cayley
+  solve forward, its backward solve and GEMM); 3 more for DoRA's ``BA`` (the weight norm) and for each factor FacT
+  builds once per step for all layers; 0 for element-wise methods and prompts. The dispatch floor of a step is the
+  frozen step's kernels + these: what no fusion below whole-step graph capture can go under.
 * :class:`DispatchCounter`: the ATen ops a forward + backward dispatches (a ``TorchDispatchMode``): exact and
   independent of machine load. ``kernel`` excludes metadata-only ops (views, transposes, detach), ``all`` includes
   them. The optimiser step is excluded (one fused/foreach kernel per group on a GPU).
@@ -37,6 +45,12 @@ FLOOR_DEFINITION = (
     "+ 6·N·r·(in+out) per rank-r branch: LoRA, AOFT, HTA activation form (rank 2 + r), adapters, ARC, FacT; "
     "+ 6·N·in·b for OFT's input-side rotation; + prompt tokens for VPT; O(N·D) element-wise work not counted), "
     "over the frozen step's."
+)
+KERNEL_FLOOR_DEFINITION = (
+    "the frozen step's kernels plus those the method's math adds at one kernel per GEMM or solve, every element-wise "
+    "pass fused (6 per rank-r branch, q, k and v of a fused qkv one branch; 1 per RLRR linear; 6 per OFT rotation; "
+    "+3 for DoRA's BA and per factor FacT builds once per step; 0 for element-wise methods and prompts), over the "
+    "frozen step's: what no fusion short of capturing the whole step as one graph goes under."
 )
 METADATA_OPS = frozenset(
     "view _unsafe_view t transpose permute expand slice select unsqueeze squeeze detach alias as_strided unflatten "
@@ -198,6 +212,50 @@ def adapter_flops(layer: nn.Module, rows: int) -> int:
     if kind == "PromptedBlocks":
         return 0  # the prompt tokens are counted as extra rows of the frozen blocks
     raise ValueError(f"no floor derivation for adapter layer {kind}; add one to experiments/bench_floor.py")
+
+
+#: kernels a rank-r branch adds: forward down and up GEMMs; backward the hidden gradient, the input gradient through
+#: the down factor, and the gradient of each factor
+LOW_RANK_KERNELS = 6
+#: a factor computed from parameters once per step: its GEMM and the gradients of its two operands
+BUILT_FACTOR_KERNELS = 3
+#: OFT per rotated input: the block-diagonal rotation forward and its two gradients, plus the Cayley transform's
+#: solve forward and its solve + GEMM backward
+ROTATION_KERNELS = 3 + 3
+
+
+def adapter_kernels(layer: nn.Module) -> int:
+    """Kernels one adapter layer adds to the frozen layer it wraps (see :func:`added_kernels`)."""
+    kind = type(layer).__name__
+    if kind == "FusedQKV":
+        parts = [p for p in layer.parts.values() if hasattr(p, "base_layer")]
+        if parts and all(hasattr(type(p), "qkv_forward") for p in parts):  # one branch over q, k and v
+            return max(adapter_kernels(p) for p in parts)
+        return sum(adapter_kernels(p) for p in parts)
+    if kind in ("ScaleShift", "LinearSlice", "PromptedBlocks"):
+        return 0
+    if kind == "RLRRLinear":
+        return 1
+    if kind == "HTALinear":  # weight form: the weight-gradient GEMM plus building ΔW (a GEMM and its gradient)
+        return 1 + BUILT_FACTOR_KERNELS if layer.compute == "weight" else LOW_RANK_KERNELS
+    if kind == "DoraLayer":
+        return LOW_RANK_KERNELS + BUILT_FACTOR_KERNELS  # ‖W + BA‖ needs BA once per step
+    if kind in ("LoraLayer", "AOFTLinear", "AOFTAdapter", "BottleneckAdapter", "ArcLayer", "FactLayer"):
+        return LOW_RANK_KERNELS
+    if kind == "OftLayer":
+        return ROTATION_KERNELS
+    raise ValueError(f"no dispatch floor for adapter layer {kind}; add one to experiments/bench_floor.py")
+
+
+def added_kernels(adapted: nn.Module, method: str) -> int:
+    """Kernels ``method``'s math adds to a frozen-backbone step of ``adapted`` at one kernel per GEMM, element-wise
+    passes fused (module docstring)."""
+    if method == "full":  # every block linear's weight-gradient GEMM and the patch embedding's
+        return len(_block_linears(adapted)) + 1
+    shared = getattr(adapted, "peft_shared", None)
+    factors = getattr(shared, "tensor_format", None)  # FacT: U·Σ_i (TT), and Σ_i = C ×₁ P_i first (TK)
+    built = {None: 0, "tt": 1, "tk": 2}[factors] * BUILT_FACTOR_KERNELS
+    return built + sum(adapter_kernels(layer) for layer in top_adapters(adapted))
 
 
 def _prod(shape: tuple[int, int]) -> int:

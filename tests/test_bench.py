@@ -195,6 +195,8 @@ def test_floor_and_dispatch_columns_come_from_the_math_and_the_counts(report):
         assert row["train_vs_floor"] == pytest.approx(row["train_vs_frozen"] / row["floor_vs_frozen"])
         assert row["ops_vs_frozen"] == pytest.approx(row["ops_kernel"] / frozen["ops_kernel"])
         assert 0 < row["ops_kernel"] < row["ops_all"]
+        assert row["ops_vs_floor"] == pytest.approx(row["ops_kernel"] / row["ops_floor"])
+    assert frozen["ops_floor_vs_frozen"] == 1.0 and rows["lora"]["ops_floor_vs_frozen"] > 1.0
 
 
 def test_before_candidates_run_the_old_code_and_pair_with_the_new(report):

@@ -105,3 +105,52 @@ def test_compiled_kernel_counter_sees_inductor_kernels_and_the_gemms_left_to_ate
     assert compiled.ops["inductor"] >= 2  # GELU, LayerNorm and the loss fused into generated kernels
     assert compiled.ops["mm"] + compiled.ops["addmm"] >= 4  # forward and gradient GEMMs stay ATen calls
     assert compiled.kernel < eager.kernel
+
+
+#: ATen ops that are a GEMM, a solve or a convolution (what the dispatch floor counts one kernel each)
+GEMM_OPS = {"mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward", "linalg_solve_ex",
+            "_linalg_solve_ex", "linalg_solve"}  # fmt: skip
+
+
+def adapted(method: str):
+    if method == "full":
+        return tiny_vit()
+    if method == "frozen":  # the bench's frozen-backbone reference: the head and the position embedding train
+        model = tiny_vit().requires_grad_(False)
+        model.head.requires_grad_(True)
+        return model
+    return get_method(method)().apply(tiny_vit())
+
+
+def gemm_kernels(floor, model) -> int:
+    """GEMM-class ops of an eager forward + backward, the position embedding trained as in the frozen reference (so
+    every block's input gradient is computed, as the floor assumes)."""
+    model.pos_embed.requires_grad_(True)
+    x = torch.randn(BATCH, 3, TINY_VIT["img_size"], TINY_VIT["img_size"])
+    with floor.DispatchCounter() as counter:
+        model(x).square().mean().backward()
+    return sum(n for name, n in counter.ops.items() if name in GEMM_OPS)
+
+
+def test_dispatch_floor_per_method_from_its_branches(floor):
+    """6 per rank-r branch (q, k, v of the fused qkv one branch), 1 per RLRR linear, 6 per OFT rotation, 3 more for
+    DoRA's BA; FacT's four branches per block plus its factors built once per step; every block weight's gradient
+    and the patch embedding's for full fine-tuning."""
+    per_block = {"lora": 6, "aoft": 6, "oft": 6, "dora": 9, "hta": 12, "rlrr": 4, "arc": 12, "adapter": 6,
+                 "ssf": 0, "bitfit": 0, "vpt_deep": 0}  # fmt: skip
+    for method, kernels in per_block.items():
+        assert floor.added_kernels(adapted(method), method) == DEPTH * kernels, method
+    assert floor.added_kernels(adapted("fact_tt"), "fact_tt") == DEPTH * 4 * 6 + 3  # U·Σ_i
+    assert floor.added_kernels(adapted("fact_tk"), "fact_tk") == DEPTH * 4 * 6 + 6  # C ×₁ P_i, then U·Σ_i
+    assert floor.added_kernels(adapted("full"), "full") == DEPTH * 4 + 1
+
+
+def test_dispatch_floor_is_a_lower_bound_on_every_methods_gemms(floor):
+    """A floor that claimed fewer kernels than a method's formula can be computed with would be no floor: every
+    method's eager step runs at least the GEMMs the floor adds to the frozen step's."""
+    from peftlab.methods import list_methods
+
+    frozen = gemm_kernels(floor, adapted("frozen"))
+    for method in ["full", *list_methods()]:
+        model = adapted(method)
+        assert gemm_kernels(floor, model) - frozen >= floor.added_kernels(model, method), method
