@@ -12,9 +12,10 @@
   the hidden gradient, the input gradient through the down factor and both factor gradients), with q, k and v of a
   fused qkv one branch (their downs stacked, their ups block-diagonal); 1 per rescaled linear (RLRR's weight-gradient
   GEMM); 3 + 3 per OFT rotation (the block-diagonal ``bmm`` forward, its input and rotation gradients; the Cayley
-  solve forward, its backward solve and GEMM); 3 more for DoRA's ``BA`` (the weight norm) and for each factor FacT
-  builds once per step for all layers; 0 for element-wise methods and prompts. The dispatch floor of a step is the
-  frozen step's kernels + these: what no fusion below whole-step graph capture can go under.
+  solve forward, its backward solve and GEMM); for DoRA's ``BA`` (the weight norm) 1, or 3 when the norm is not
+  detached; 3 for each factor FacT builds once per step for all layers; 0 for element-wise methods and prompts.
+  The dispatch floor of a step is the frozen step's kernels + these: what no fusion below whole-step graph capture
+  can go under.
 * :class:`DispatchCounter`: the ATen ops a forward + backward dispatches (a ``TorchDispatchMode``): exact and
   independent of machine load. ``kernel`` excludes metadata-only ops (views, transposes, detach), ``all`` includes
   them. The optimiser step is excluded (one fused/foreach kernel per group on a GPU).
@@ -49,8 +50,8 @@ FLOOR_DEFINITION = (
 KERNEL_FLOOR_DEFINITION = (
     "the frozen step's kernels plus those the method's math adds at one kernel per GEMM or solve, every element-wise "
     "pass fused (6 per rank-r branch, q, k and v of a fused qkv one branch; 1 per RLRR linear; 6 per OFT rotation; "
-    "+3 for DoRA's BA and per factor FacT builds once per step; 0 for element-wise methods and prompts), over the "
-    "frozen step's: what no fusion short of capturing the whole step as one graph goes under."
+    "DoRA's BA 1, 3 with the norm not detached; 3 per factor FacT builds once per step; 0 for element-wise methods "
+    "and prompts), over the frozen step's: what no fusion short of capturing the whole step as one graph goes under."
 )
 METADATA_OPS = frozenset(
     "view _unsafe_view t transpose permute expand slice select unsqueeze squeeze detach alias as_strided unflatten "
@@ -238,8 +239,8 @@ def adapter_kernels(layer: nn.Module) -> int:
         return 1
     if kind == "HTALinear":  # weight form: the weight-gradient GEMM plus building ΔW (a GEMM and its gradient)
         return 1 + BUILT_FACTOR_KERNELS if layer.compute == "weight" else LOW_RANK_KERNELS
-    if kind == "DoraLayer":
-        return LOW_RANK_KERNELS + BUILT_FACTOR_KERNELS  # ‖W + BA‖ needs BA once per step
+    if kind == "DoraLayer":  # ‖W + BA‖ needs BA once per step, and its gradients unless the norm is detached
+        return LOW_RANK_KERNELS + (1 if layer.detach_norm else BUILT_FACTOR_KERNELS)
     if kind in ("LoraLayer", "AOFTLinear", "AOFTAdapter", "BottleneckAdapter", "ArcLayer", "FactLayer"):
         return LOW_RANK_KERNELS
     if kind == "OftLayer":

@@ -133,16 +133,18 @@ def gemm_kernels(floor, model) -> int:
 
 
 def test_dispatch_floor_per_method_from_its_branches(floor):
-    """6 per rank-r branch (q, k, v of the fused qkv one branch), 1 per RLRR linear, 6 per OFT rotation, 3 more for
-    DoRA's BA; FacT's four branches per block plus its factors built once per step; every block weight's gradient
-    and the patch embedding's for full fine-tuning."""
-    per_block = {"lora": 6, "aoft": 6, "oft": 6, "dora": 9, "hta": 12, "rlrr": 4, "arc": 12, "adapter": 6,
+    """6 per rank-r branch (q, k, v of the fused qkv one branch), 1 per RLRR linear, 6 per OFT rotation, 1 more for
+    DoRA's BA (3 with the norm's gradient); FacT's four branches per block plus its factors built once per step;
+    every block weight's gradient and the patch embedding's for full fine-tuning."""
+    per_block = {"lora": 6, "aoft": 6, "oft": 6, "dora": 7, "hta": 12, "rlrr": 4, "arc": 12, "adapter": 6,
                  "ssf": 0, "bitfit": 0, "vpt_deep": 0}  # fmt: skip
     for method, kernels in per_block.items():
         assert floor.added_kernels(adapted(method), method) == DEPTH * kernels, method
     assert floor.added_kernels(adapted("fact_tt"), "fact_tt") == DEPTH * 4 * 6 + 3  # U·Σ_i
     assert floor.added_kernels(adapted("fact_tk"), "fact_tk") == DEPTH * 4 * 6 + 6  # C ×₁ P_i, then U·Σ_i
     assert floor.added_kernels(adapted("full"), "full") == DEPTH * 4 + 1
+    dora_norm_trained = get_method("dora")(detach_norm=False).apply(tiny_vit())
+    assert floor.added_kernels(dora_norm_trained, "dora") == DEPTH * 9
 
 
 def test_dispatch_floor_is_a_lower_bound_on_every_methods_gemms(floor):

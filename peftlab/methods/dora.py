@@ -14,7 +14,8 @@ Choices:
     * ``detach_norm`` (default True) treats ``‖W₀ + ΔW‖_c`` as a constant in backprop, as the paper recommends to save
       memory (§4.3) and as huggingface peft does; the forward value is unchanged.
     * The forward runs on activations, ``(m / ‖W₀ + ΔW‖_c) ⊙ (x W₀ᵀ + (α/r)·dropout(x) Aᵀ Bᵀ) + b``: the bias is not
-      rescaled and dropout touches only the LoRA branch. ``ΔW`` is still built once per step for the norm.
+      rescaled and dropout touches only the LoRA branch. ``ΔW`` is still built once per step for the norm. On timm's
+      fused qkv, q, k and v share LoRA's one base GEMM and one low-rank branch, each adapted block rescaled after it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from peftlab.methods import functional, register_method
 from peftlab.methods.base import check_bool, check_linear
+from peftlab.methods.fused import qkv_low_rank
 from peftlab.methods.lora import LoraConfig, LoraLayer
 
 
@@ -76,7 +78,7 @@ class DoraLayer(LoraLayer):
         self.dora_magnitude.copy_(functional.dora_norm(self.base_layer.weight))
 
     def low_rank_factors(self) -> None:
-        """DoRA rescales the whole output, so it has no plain low-rank form (no one-GEMM qkv path)."""
+        """DoRA rescales the whole output, so it has no plain low-rank form (:meth:`qkv_forward` rescales after it)."""
         return None
 
     def magnitude_scale(self) -> Tensor:
@@ -94,6 +96,21 @@ class DoraLayer(LoraLayer):
         out = self.magnitude_scale() * (base + update)
         bias = self.base_layer.bias
         return out if bias is None else out + bias
+
+    @staticmethod
+    def qkv_forward(fused: nn.Linear, parts: list[DoraLayer | None], x: Tensor) -> Tensor | None:
+        """q, k and v of timm's fused qkv as LoRA's one base GEMM plus one low-rank branch, then each adapted block
+        rescaled by its ``m / ‖W₀ + ΔW‖_c`` and the bias added (Eq. 5 on activations, as :meth:`forward`); None (the
+        per-part path) while dropout acts on the branch input."""
+        factors = [None if part is None else LoraLayer.low_rank_factors(part) for part in parts]
+        if any(part is not None and f is None for part, f in zip(parts, factors, strict=True)):
+            return None
+        out = qkv_low_rank(x, fused.weight, None, factors)
+        width = fused.out_features // len(parts)
+        one = out.new_ones(width)
+        scales = torch.stack([one if part is None else part.magnitude_scale().to(out.dtype) for part in parts])
+        out = (out.unflatten(-1, (len(parts), width)) * scales).flatten(-2)
+        return out if fused.bias is None else out + fused.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, detach_norm={self.detach_norm}"

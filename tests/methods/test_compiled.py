@@ -16,7 +16,7 @@ from peftlab.options import ConfigError
 from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit
 
 #: the methods whose training step runs a kernel of ``peftlab.methods.fused`` (or a custom autograd function)
-FUSED_METHODS = ["ssf", "rlrr", "hta", "aoft", "oft", "lora", "fact_tt"]
+FUSED_METHODS = ["ssf", "rlrr", "hta", "aoft", "oft", "lora", "dora", "fact_tt"]
 #: dropout draws different masks compiled (Inductor's own RNG): off, so that the two steps are comparable
 NO_DROPOUT = {"fact_tt": {"dropout": 0.0}}
 

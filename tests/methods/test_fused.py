@@ -188,6 +188,7 @@ FUSED_METHODS = [
     ("rlrr", {}),
     ("ssf", {}),
     ("oft", {"block_size": 16}),
+    ("dora", {"detach_norm": False}),  # the merged weight's norm is not detached: the same gradients
 ]
 
 
