@@ -317,7 +317,7 @@ def arc_adapter(x: Tensor, u: Tensor, scale: Tensor, bias: Tensor, dropout: torc
     """ARC (Dong et al., NeurIPS 2023, §3; official ``ARC_ViT.py``): the re-composed linear adapter
     ``x + drop(x (U diag(s))) Uᵀ + b`` with the down-projection ``U`` shared across layers and its transpose as the
     up-projection (symmetric), ``s`` and ``b`` per layer."""
-    down = x @ (u * scale).to(x.dtype)
+    down = (x @ u.to(x.dtype)) * scale.to(x.dtype)  # diag(s) on the r-wide activation, with the dropout's pass
     if dropout is not None:
         down = dropout(down)
     # one addmm: the residual and bias ride in the GEMM's accumulator instead of a separate element-wise pass

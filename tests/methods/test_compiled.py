@@ -15,10 +15,11 @@ from peftlab.methods import get_method
 from peftlab.options import ConfigError
 from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit
 
-#: the methods whose training step runs a kernel of ``peftlab.methods.fused`` (or a custom autograd function)
-FUSED_METHODS = ["ssf", "rlrr", "hta", "aoft", "oft", "lora", "dora", "fact_tt"]
+#: the methods whose training step runs a fused path: a kernel of ``peftlab.methods.fused``, a custom autograd
+#: function, or a GEMM with its element-wise neighbours folded in (ARC's residual and bias in the accumulator)
+FUSED_METHODS = ["ssf", "rlrr", "hta", "aoft", "oft", "lora", "dora", "arc", "fact_tt"]
 #: dropout draws different masks compiled (Inductor's own RNG): off, so that the two steps are comparable
-NO_DROPOUT = {"fact_tt": {"dropout": 0.0}}
+NO_DROPOUT = {"fact_tt": {"dropout": 0.0}, "arc": {"dropout": 0.0}}
 
 
 def loss_and_grads(model, x, y):

@@ -189,6 +189,7 @@ FUSED_METHODS = [
     ("ssf", {}),
     ("oft", {"block_size": 16}),
     ("dora", {"detach_norm": False}),  # the merged weight's norm is not detached: the same gradients
+    ("arc", {"dropout": 0.0}),  # the merged weight has no dropout
 ]
 
 
