@@ -138,12 +138,13 @@ class HTALinear(AdapterLayer):
         stacked = [at_least_float32(torch.stack([getattr(p, n) for p in adapted])) for n in names]
         with torch.autocast(device_type=x.device.type, enabled=False):
             downs, ups = hta_factors(*stacked[:3], *stacked[3:], normalize=adapted[0].normalize)
-        # each block's U taken as a view of its row-major Uᵀ, so that the gradients stay row-major (no copies)
+        # each block's U taken as a view of its row-major Uᵀ, so that the gradients stay row-major (no copies); the
+        # ups are computed from the parameters, so one GEMM gives every block's up gradient
         ups_t, diags, index, factors = ups.transpose(-1, -2), stacked[1], 0, []
         for part in parts:
             factors.append(None if part is None else (downs[index], ups_t[index].T, diags[index]))
             index += part is not None
-        return qkv_low_rank(x, fused.weight, fused.bias, factors)
+        return qkv_low_rank(x, fused.weight, fused.bias, factors, ups_are_parameters=False)
 
 
 @register_method("hta")
