@@ -118,21 +118,23 @@ class OftLayer(AdapterLayer):
     @staticmethod
     def qkv_forward(fused: nn.Linear, parts: list[OftLayer | None], x: Tensor) -> Tensor | None:
         """q, k, v of timm's fused qkv: the rotations of all adapted blocks from one Cayley solve, the input rotated
-        for all three in one pass (an unadapted block's rotation is the identity) and their GEMMs as one batched GEMM;
-        None (the generic path) when the adapted blocks differ in block size."""
+        for all of them in one pass and their GEMMs as one batched GEMM; None (the generic path) when the adapted
+        blocks differ in block size."""
         adapted = [i for i, part in enumerate(parts) if part is not None]
         size = parts[adapted[0]].block_size
         if any(parts[i].block_size != size for i in adapted):
             return None
         skews = torch.stack([parts[i].oft_skew for i in adapted])  # (P, n, free)
-        solved = iter(rotations(skews.flatten(0, 1), size).unflatten(0, (len(adapted), -1)))  # P × (n, b, b)
-        identity = torch.eye(size, dtype=skews.dtype, device=skews.device).expand(x.shape[-1] // size, size, size)
-        blocks = torch.stack([identity if part is None else next(solved) for part in parts])  # (3, n, b, b)
-        rotated = functional.rotate_input_per_block(x, blocks).flatten(1, -2)  # (3, N, in)
+        blocks = rotations(skews.flatten(0, 1), size).unflatten(0, (len(adapted), -1))  # (P, n, b, b)
+        rotated = functional.rotate_input_per_block(x, blocks)  # (P, ..., in)
         width = fused.weight.shape[0] // len(parts)
-        weights = fused.weight.unflatten(0, (len(parts), width)).transpose(1, 2)  # (3, in, width)
-        out = torch.bmm(rotated, weights.to(rotated.dtype)).transpose(0, 1)  # (N, 3, width)
-        out = out.reshape(*x.shape[:-1], fused.weight.shape[0])
+        weights = fused.weight.unflatten(0, (len(parts), width))  # (3, width, in)
+        products = iter(torch.bmm(rotated.flatten(1, -2), weights[adapted].transpose(1, 2).to(rotated.dtype)))
+        outputs = [
+            F.linear(x, weights[i]) if part is None else next(products).view(*x.shape[:-1], width)
+            for i, part in enumerate(parts)
+        ]
+        out = torch.cat(outputs, dim=-1)
         return out if fused.bias is None else out + fused.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
