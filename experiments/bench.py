@@ -975,8 +975,8 @@ def bench_table_row(row: dict[str, Any]) -> list[str]:
         fmt_mib(row["memory_bytes"]),
         fmt_ratio(row["memory_vs_full"]),
         fmt_ratio(row["ops_vs_frozen"]),
-        fmt_ratio(row.get("ops_floor_vs_frozen")),
-        fmt_ratio(row.get("ops_vs_floor")),
+        fmt_ratio(row["ops_floor_vs_frozen"]),
+        fmt_ratio(row["ops_vs_floor"]),
         fmt_ratio(row["ops_all_vs_frozen"]),
         fmt_rate(row["infer_images_per_s"]),
         fmt_rate(row["merged_images_per_s"]),
@@ -1032,7 +1032,7 @@ def bench_markdown(report: dict[str, Any]) -> str:
         "",
         f"floor ×frozen: {report['floor']} ×floor = ×frozen / floor ×frozen. {ops_definition}",
         "",
-        f"ops floor ×frozen: {report.get('ops_floor', '')} ops ×floor = ops / (frozen ops + those).",
+        f"ops floor ×frozen: {report['ops_floor']} ops ×floor = ops / (frozen ops + those).",
     ]
     if report["before_after"]:
         lines += ["", *before_after_markdown(report["before_after"])]

@@ -66,10 +66,9 @@ class LastCheckpoint(ModelCheckpoint):
     or not validation runs that epoch), every ``every_n_train_steps`` optimizer steps when > 0 (for long epochs),
     and when the run is stopped by a signal (SIGTERM/SIGINT, see ``peftlab.lifecycle``).
 
-    Resuming reproduces the uninterrupted run exactly: the data order is a function of the epoch, the random state
-    travels in the checkpoint and, for the cached VTAB loader, so does the position within the epoch (a mid-epoch
-    checkpoint resumes with the next batch). With the PIL loader (FGVC, tasks over ``cache_max_gb``) a mid-epoch
-    resume trains the rest of that epoch on a newly drawn order: the same schedule, not the same batches."""
+    Resuming reproduces the uninterrupted run exactly: the data order is a function of the epoch, and the random state
+    and the position within the epoch travel in the checkpoint (a mid-epoch checkpoint resumes with the next batch,
+    with both of peftlab's training loaders: :class:`~peftlab.data.sampling.ResumablePass`)."""
 
     LAST_NAME = "last.ckpt"
 

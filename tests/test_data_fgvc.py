@@ -174,13 +174,13 @@ def test_a_training_pass_stopped_mid_epoch_resumes_with_the_batches_it_had_left(
 
 def test_training_loader_shards_disjointly_across_ranks(dogs_root, monkeypatch):
     """Under DDP each rank takes its share of the same seeded permutation, as ``DistributedSampler`` does."""
-    from peftlab.data import datasets
+    from peftlab.data import sampling
 
     data = fgvc(dogs_root, "dogs", 120)
     data.setup()
     seen = []
     for rank in range(3):
-        monkeypatch.setattr(datasets, "rank_and_world", lambda rank=rank: (rank, 3))
+        monkeypatch.setattr(sampling, "rank_and_world", lambda rank=rank: (rank, 3))
         labels = torch.cat([y for _, y in train_batches(dogs_root, epoch=0, workers=0)]).tolist()
         assert len(labels) == len(data.train_data) // 3  # 126 = train + val (split=final): no padding needed
         seen += labels

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from peftlab.data.datasets import rank_and_world
 from peftlab.data.images import decode_resized_uint8, normalize_uint8
+from peftlab.data.sampling import ResumablePass, rank_and_world
 from peftlab.data.splits import LabeledImages
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def _save_atomically(tensor: torch.Tensor, path: Path) -> None:
     os.replace(partial, path)
 
 
-class CachedBatchLoader:
+class CachedBatchLoader(ResumablePass):
     """Iterates (images, labels) batches from a uint8 cache, like a DataLoader over it.
 
     Batches are gathered by index, optionally flipped per sample, converted to float and normalised on the cache's
@@ -171,8 +171,6 @@ class CachedBatchLoader:
         if seed is None:  # drawn from the global RNG: reproducible under seed_everything, new for every loader
             seed = int(torch.randint(0, 2**62, ()))
         self.seed = seed
-        self.batches_done = 0  # of the current pass, as training saw them (no prefetching: the loader is sized)
-        self._resume_after = 0
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -183,33 +181,21 @@ class CachedBatchLoader:
         self.epoch = epoch
         self.generator = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch)
 
-    def state_dict(self) -> dict[str, int]:
-        """Where the pass stands: Lightning stores it in every checkpoint, so a mid-epoch one (every N steps, or a
-        signal) resumes with the batch after the last one trained."""
-        return {"epoch": self.epoch, "batches_done": self.batches_done}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """The next pass is the saved epoch's, without the batches already trained on (none to skip when the saved
-        pass was complete: an end-of-epoch checkpoint)."""
-        self.set_epoch(state["epoch"])
-        done = state["batches_done"]
-        self._resume_after = done if done < len(self) else 0
-
     def __len__(self) -> int:
         samples = self._samples_per_rank()
         return samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
 
     def __iter__(self):
         order = self._rank_order()
-        skip, self._resume_after, self.batches_done = self._resume_after, 0, 0
-        for start in range(0, len(order), self.batch_size):
+        skip = self._start_pass()
+        for number, start in enumerate(range(0, len(order), self.batch_size), 1):
             index = order[start : start + self.batch_size]
             if self.drop_last and len(index) < self.batch_size:
                 return
-            self.batches_done += 1
-            if self.batches_done <= skip:
+            if number <= skip:
                 self._flips(len(index))  # drawn as the uninterrupted pass did, so the later batches' flips match
                 continue
+            self.batches_done += 1
             yield self._batch(index)
 
     def _flips(self, count: int) -> torch.Tensor | None:
