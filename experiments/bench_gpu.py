@@ -10,7 +10,7 @@ Both write into ``experiments/results/bench/``. Without CUDA it stops before any
 methods whose compiled CPU step still runs over 1.5× the frozen step's kernels, every model compiled with CUDA graphs,
 host-side launches per step counted by the profiler (``experiments/results/bench/gpu-*-graphs.md``).
 
-    python experiments/bench_gpu.py [--method lora] [--skip-sweep]
+    python experiments/bench_gpu.py [--method lora] [--only table|sweep]
     python experiments/bench_gpu.py --graphs
 """
 
@@ -38,7 +38,7 @@ def load(name: str):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="lora", help="method of the sweep estimate")
-    parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--only", choices=("table", "sweep"), help="one of the two parts (default: both)")
     parser.add_argument("--graphs", action="store_true", help="only the CUDA-graph table (reduce-overhead)")
     args = parser.parse_args(argv)
     import torch
@@ -57,29 +57,12 @@ def main(argv: list[str] | None = None) -> None:
              "--steps", "5", "--tag", "graphs"]
         )  # fmt: skip
         return
-    load("bench").main([*common, "--repeats", "5", "--warmup", "3", "--steps", "5", "--tag", "gpu"])
-    if not args.skip_sweep:
+    if args.only in (None, "table"):
+        load("bench").main([*common, "--repeats", "5", "--warmup", "3", "--steps", "5", "--tag", "gpu"])
+    if args.only in (None, "sweep"):
         sweep = load("bench_sweep")
-        sweep.run(
-            sweep.parse_args(
-                [
-                    "--method",
-                    args.method,
-                    "--device",
-                    "cuda",
-                    "--jobs-per-device",
-                    "1,2,4",
-                    "--precision",
-                    "bf16-mixed",
-                    "--train-batches",
-                    "8",
-                    "--eval-batches",
-                    "4",
-                    "--test-size",
-                    "2000",
-                ]
-            )  # fmt: skip
-        )
+        probes = ["--jobs-per-device", "1,2,4", "--train-batches", "8", "--eval-batches", "4", "--test-size", "2000"]
+        sweep.run(sweep.parse_args(["--method", args.method, "--device", "cuda", "--precision", "bf16-mixed", *probes]))
 
 
 if __name__ == "__main__":

@@ -145,10 +145,12 @@ def probe(args: argparse.Namespace, root: Path, k: int, train: int, evals: int, 
         *args.extra,
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    print(f"[bench-sweep] probe: {k} job(s) at a time, {train} train and {evals} eval batches", file=sys.stderr)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "peftlab.train", *overrides], env=env, capture_output=True, text=True)
+    # the jobs' output goes to stderr as it comes: a slow or stuck probe shows where it is
+    proc = subprocess.run([sys.executable, "-m", "peftlab.train", *overrides], env=env, stdout=sys.stderr)
     if proc.returncode != 0:
-        raise SystemExit(f"probe run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"error: a probe sweep failed (exit {proc.returncode}); its jobs' output is above")
     return time.perf_counter() - start
 
 
@@ -199,34 +201,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     ks = [int(k) for k in args.jobs_per_device.split(",")]
     recipe = recipe_facts(args)
+    costs: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="peftlab-sweep-bench-") as scratch:
         scratch = Path(scratch)
         root = scratch / "vtab-1k"
         write_task(root / "cifar100", args.test_size, args.source_px)
         rate = decode_rate(root / "cifar100")
-        costs = {k: job_costs(args, root, k, scratch / "logs") for k in ks}
+        for k in ks:  # the report is rewritten after each k: a run stopped early keeps the k values it measured
+            costs[k] = job_costs(args, root, k, scratch / "logs")
+            report = sweep_report(args, recipe, rate, costs, complete=k == ks[-1])
+            write(report, args)
+    return report
+
+
+def sweep_report(
+    args: argparse.Namespace, recipe: dict[str, Any], rate: float, costs: dict[int, dict[str, Any]], complete: bool
+) -> dict[str, Any]:
     decode_s = sum((TRAIN_IMAGES + n) / rate for n in VTAB1K_TEST_SIZES.values())
     estimates = {}
     for k, c in costs.items():
         jobs = {task: task_seconds(c, n, recipe, args.epochs, rate) for task, n in VTAB1K_TEST_SIZES.items()}
         estimates[k] = {"per_task_s": jobs, "sweep_s": sum(jobs.values()) / k + decode_s}
-    report = {
+    return {
         "kind": "peftlab-bench-sweep",
         "command": " ".join(["experiments/bench_sweep.py", *sys.argv[1:]]),
         "settings": {**vars(args), "out_dir": str(args.out_dir)},
+        "complete": complete,
         "recipe": recipe,
         "decode_images_per_s": rate,
         "decode_first_jobs_s": decode_s,
         "costs_by_k": costs,
         "estimates_by_k": estimates,
     }
-    return write(report, args)
 
 
 def markdown(report: dict[str, Any]) -> str:
     s, r = report["settings"], report["recipe"]
     lines = [
         f"# VTAB-1k sweep estimate: {s['method']}, {s['backbone']}, {s['device']}",
+        *([] if report.get("complete", True) else ["", "**Incomplete: stopped before every k was measured.**"]),
         "",
         f"- {s['epochs']} epochs × {TRAIN_IMAGES} images at batch {r['batch_size']}, evaluation every "
         f"{r['check_val_every_n_epoch']} epoch(s) at batch {r['eval_batch_size']}, 19 tasks at their real test sizes",

@@ -242,10 +242,12 @@ def versions() -> dict[str, str]:
     }
 
 
-def device_name() -> str:
+def device_name(device: Any) -> str:
+    """What a run trained on: the GPU's name, or ``cpu`` (also on a GPU machine when the run was told to use a CPU)."""
     import torch
 
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

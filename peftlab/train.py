@@ -185,7 +185,11 @@ def initial_record(cfg: DictConfig, built: Built, output_dir: Path, started: str
             "started_at": started,
             "finished_at": None,
         },
-        meta_info={"versions": versions(), "device": device_name(), "precision": str(cfg.trainer.precision)},
+        meta_info={
+            "versions": versions(),
+            "device": device_name(built.trainer.strategy.root_device),
+            "precision": str(built.trainer.precision),  # as Lightning runs it (16-mixed becomes bf16-mixed on a CPU)
+        },
     )
 
 

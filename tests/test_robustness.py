@@ -215,8 +215,27 @@ def test_bf16_mixed_precision_trains_on_cpu(make_cfg, method):
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_trains_on_gpu(make_cfg, precision):
-    results = train(make_cfg("method=rlrr", "trainer=gpu", f"trainer.precision={precision}", "debug=limit", *DEMO_FAST))
-    assert results.status == "partial" and results.meta_info["device"] != "cpu"  # debug=limit
+    gpu = ["trainer.accelerator=gpu", f"trainer.precision={precision}"]  # after debug=limit, which picks the CPU
+    results = train(make_cfg("method=rlrr", "debug=limit", *gpu, *DEMO_FAST))
+    assert results.status == "partial"  # debug=limit
+    assert results.meta_info["device"] == torch.cuda.get_device_name() and results.meta_info["precision"] == precision
+
+
+def test_results_name_the_device_the_run_trained_on_not_the_machines_gpu(make_cfg, monkeypatch):
+    """A run told to use the CPU on a GPU machine (``debug=``, ``trainer=cpu``) records ``cpu``, and the precision
+    Lightning ran (16-mixed falls back to bf16-mixed on a CPU), not the one asked for."""
+    import peftlab.train
+
+    def on_a_gpu_machine(*args, **kwargs):  # a GPU is visible while the record is made (training itself stays real)
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.cuda, "is_available", lambda: True)
+            patch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H200")
+            return initial_record(*args, **kwargs)
+
+    initial_record = peftlab.train.initial_record
+    monkeypatch.setattr(peftlab.train, "initial_record", on_a_gpu_machine)
+    results = train(make_cfg("trainer.precision=16-mixed", "debug=limit", *DEMO_FAST))
+    assert results.meta_info["device"] == "cpu" and results.meta_info["precision"] == "bf16-mixed"
 
 
 @pytest.mark.slow

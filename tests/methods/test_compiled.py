@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 from peftlab.build import compile_in_place, compile_mode
 from peftlab.methods import get_method
 from peftlab.options import ConfigError
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit
+from tests.helpers import ATOL, RTOL, images, load_experiment, perturb, tiny_vit
 
 #: the methods whose training step runs a fused path: a kernel of ``peftlab.methods.fused``, a custom autograd
 #: function, or a GEMM with its element-wise neighbours folded in (ARC's residual and bias in the accumulator)
@@ -80,3 +80,39 @@ def test_cuda_graphs_step_equals_eager_on_cuda(name):
     torch.testing.assert_close(compiled_logits, logits, atol=1e-4, rtol=1e-3)
     for key, grad in grads.items():
         torch.testing.assert_close(compiled_grads[key], grad, atol=1e-4, rtol=1e-3, msg=key)
+
+
+def replay_launches(model, x, y) -> int:
+    """Host-side kernel launches of one training step (forward + backward) of a ``reduce-overhead`` model, counted
+    after its warm-up and recording steps: a graph replay is one launch, an op outside the graph one per kernel."""
+    for _ in range(3):
+        loss_and_grads(model, x, y)
+    with load_experiment("bench_floor").LaunchCounter() as launches:
+        loss_and_grads(model, x, y)
+    return launches.count
+
+
+@pytest.fixture(scope="module")
+def frozen_replay_launches():
+    """The frozen-backbone step (the bench's reference: the head and the position embedding train) under CUDA graphs."""
+    frozen = get_method("linear")().apply(tiny_vit(depth=1))
+    frozen.pos_embed.requires_grad_(True)
+    frozen = frozen.train().cuda()
+    compile_in_place(frozen, "reduce-overhead")
+    return replay_launches(frozen, images(4, seed=3).cuda(), torch.tensor([0, 1, 2, 3]).cuda())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", FUSED_METHODS)
+def test_cuda_graphs_launch_a_step_in_at_most_one_and_a_half_times_the_frozen_steps_host_calls(
+    name, frozen_replay_launches
+):
+    """The dispatch target (host-side cost per step ≤ 1.5× the frozen step's) with ``trainer.compile=reduce-overhead``.
+    Fails when a method's graph is not captured (a graph break, or cudagraphs skipped: a CPU tensor, a mutated input),
+    as every kernel is then launched from the host again."""
+    model = get_method(name)(**NO_DROPOUT.get(name, {})).apply(tiny_vit(depth=1))
+    model = model.train().cuda()
+    compile_in_place(model, "reduce-overhead")
+    launches = replay_launches(model, images(4, seed=3).cuda(), torch.tensor([0, 1, 2, 3]).cuda())
+    print(f"{name}: {launches} launches per replayed step, frozen {frozen_replay_launches}")
+    assert launches <= 1.5 * frozen_replay_launches, f"{name}: {launches} launches vs frozen {frozen_replay_launches}"
