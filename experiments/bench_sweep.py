@@ -3,20 +3,25 @@
 One task is generated in the real on-disk layout (NOAH's: ``train800``, ``val200``, ``train800val200`` copies and
 ``test``; 1,000 training images and ``--test-size`` test JPEGs of ``--source-px``). Then, for each ``k`` in
 ``--jobs-per-device``, three probe sweeps of ``k`` identical jobs (different seeds) run through
-``hydra/launcher=parallel`` with ``jobs_per_device=k``, so the measured wall time is a job's under k-fold sharing:
+``hydra/launcher=parallel`` with ``jobs_per_device=k``. A job's seconds (under k-fold sharing) are read from the
+launcher's journal, from its process start to its exit:
 
-* P1: 1 epoch, ``B`` train batches, ``V`` val and ``V`` test batches;
-* P2: as P1 with ``2B`` train batches -> seconds per train batch;
-* P3: as P1 with ``2V`` val and test batches -> seconds per eval batch;
-* the rest of P1 is the fixed cost of a job (interpreter, imports, model build, cache load).
+* P1: 1 epoch of ``B`` train batches, no validation, ``V`` test batches;
+* P2: as P1 with ``1 + M`` epochs -> seconds per train batch (M·B batches more: enough on a GPU to stand out of the
+  jobs' start-up noise);
+* P3: as P1 with ``2V`` test batches -> seconds per eval batch;
+* the rest of P1 is the fixed cost of a job (interpreter, imports, model build, cache load);
+* a probe's wall time less its longest job is the launcher's own start, paid once per sweep.
 
 The cache build (decode of every image, paid by the first job of a task only: the disk cache is shared) is timed
 separately. A task then takes ``fixed + epochs · (train batches · t_train + eval passes per epoch · eval batches ·
 t_eval) + final test``, with the real VTAB-1k test sizes below (splits over ``cache_max_gb`` are decoded at every
-evaluation, as the PIL path does); the sweep is the sum over the 19 tasks divided by ``k`` (jobs sharing one device).
+evaluation, as the PIL path does); the sweep is the launcher's start plus the sum over the 19 tasks divided by ``k``
+(jobs sharing one device).
 
     python experiments/bench_sweep.py --method lora                    # CPU: ViT-B/16, a few batches per probe
-    python experiments/bench_sweep.py --device cuda --jobs-per-device 1,2,4 --train-batches 8 --eval-batches 4
+    python experiments/bench_sweep.py --device cuda --jobs-per-device 1,2,4 --train-batches 16 --more-epochs 8 \
+        --eval-batches 8
 """
 
 from __future__ import annotations
@@ -69,8 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="vit_b16_in21k", help="backbone config (random init: no download)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--jobs-per-device", default="1", help="comma-separated k values (GPU: 1,2,4)")
-    parser.add_argument("--train-batches", type=int, default=2, help="B of the probes")
-    parser.add_argument("--eval-batches", type=int, default=1, help="V of the probes")
+    parser.add_argument("--train-batches", type=int, default=2, help="B: train batches per probe epoch")
+    parser.add_argument("--more-epochs", type=int, default=1, help="M: P2's extra epochs (GPU: enough for seconds)")
+    parser.add_argument("--eval-batches", type=int, default=1, help="V: test batches of P1 and P2 (P3: 2V)")
     parser.add_argument("--test-size", type=int, default=2000, help="test images of the generated task")
     parser.add_argument("--source-px", type=int, default=256, help="side of the generated JPEGs")
     parser.add_argument("--epochs", type=int, default=100)
@@ -111,18 +117,22 @@ def _random_jpeg(path: Path, rng: np.random.Generator, size: int) -> None:
 
 
 def decode_rate(task_dir: Path) -> float:
-    """Images per second of the cache build (decode + resize to 224 px) of the test split."""
+    """Images per second of the cache build (decode + resize to 224 px) of the test split, with as many threads as the
+    PIL path's ``num_workers: auto`` has workers (the rate at which a split too large for the cache is decoded)."""
+    from peftlab.data.base import resolve_num_workers
     from peftlab.data.cache import decode_all
     from peftlab.data.splits import read_txt_split
 
     images, _ = read_txt_split(task_dir, "test")
     start = time.perf_counter()
-    decode_all(images, 224, "bicubic", workers=4, progress=False)
+    decode_all(images, 224, "bicubic", workers=resolve_num_workers("auto"), progress=False)
     return len(images) / (time.perf_counter() - start)
 
 
-def probe(args: argparse.Namespace, root: Path, k: int, train: int, evals: int, logs: Path) -> float:
-    """Wall seconds of a sweep of ``k`` identical jobs run ``k`` at a time (one epoch, limited batches)."""
+def probe(args: argparse.Namespace, root: Path, k: int, epochs: int, evals: int, logs: Path) -> dict[str, Any]:
+    """A sweep of ``k`` identical jobs run ``k`` at a time (``epochs`` of B batches, no validation, ``evals`` test
+    batches): its wall seconds, and each job's seconds from the launcher's journal (process start to exit:
+    interpreter, imports, build, training, test)."""
     overrides = [
         "-m",
         "hydra/launcher=parallel",
@@ -134,9 +144,9 @@ def probe(args: argparse.Namespace, root: Path, k: int, train: int, evals: int, 
         f"backbone={args.backbone}",
         "backbone.pretrained=false",
         f"seed={','.join(str(s) for s in range(1, k + 1))}",
-        "trainer.max_epochs=1",
-        f"+trainer.limit_train_batches={train}",
-        f"+trainer.limit_val_batches={evals}",
+        f"trainer.max_epochs={epochs}",
+        f"trainer.check_val_every_n_epoch={epochs + 1}",  # no validation: the test pass measures evaluation
+        f"+trainer.limit_train_batches={args.train_batches}",
         f"+trainer.limit_test_batches={evals}",
         "logger=none",
         "callbacks=none",
@@ -145,24 +155,43 @@ def probe(args: argparse.Namespace, root: Path, k: int, train: int, evals: int, 
         *args.extra,
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    print(f"[bench-sweep] probe: {k} job(s) at a time, {train} train and {evals} eval batches", file=sys.stderr)
+    batches = f"{epochs} epoch(s) of {args.train_batches} train batches, {evals} test batches"
+    print(f"[bench-sweep] probe: {k} job(s) at a time, {batches}", file=sys.stderr)
     start = time.perf_counter()
     # the jobs' output goes to stderr as it comes: a slow or stuck probe shows where it is
     proc = subprocess.run([sys.executable, "-m", "peftlab.train", *overrides], env=env, stdout=sys.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"error: a probe sweep failed (exit {proc.returncode}); its jobs' output is above")
-    return time.perf_counter() - start
+    return {"wall_s": time.perf_counter() - start, "job_s": job_seconds(logs / "launcher.jsonl")}
 
 
-def job_costs(args: argparse.Namespace, root: Path, k: int, scratch: Path) -> dict[str, float]:
-    b, v = args.train_batches, args.eval_batches
-    p1 = probe(args, root, k, b, v, scratch / f"k{k}-p1")
-    p2 = probe(args, root, k, 2 * b, v, scratch / f"k{k}-p2")
-    p3 = probe(args, root, k, b, 2 * v, scratch / f"k{k}-p3")
-    train_batch = max(p2 - p1, 0.0) / b
-    eval_batch = max(p3 - p1, 0.0) / (2 * v)  # V more val batches and V more test batches
-    fixed = max(p1 - b * train_batch - 2 * v * eval_batch, 0.0)
-    return {"probe_s": [p1, p2, p3], "train_batch_s": train_batch, "eval_batch_s": eval_batch, "fixed_s": fixed}
+def job_seconds(journal: Path) -> list[float]:
+    """Each job's seconds in the parallel launcher's journal (``<sweep dir>/launcher.jsonl``), by job number."""
+    records = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    return [r["end"] - r["start"] for r in sorted(records, key=lambda r: r["job"])]
+
+
+def job_costs(args: argparse.Namespace, root: Path, k: int, scratch: Path) -> dict[str, Any]:
+    """Per-job costs under ``k``-fold sharing, from the mean job seconds of the three probes. A sweep's launcher
+    (its own interpreter and imports) starts once per sweep, not once per job: it is kept apart as ``launcher_s``."""
+    b, m, v = args.train_batches, args.more_epochs, args.eval_batches
+    probes = [
+        probe(args, root, k, 1, v, scratch / f"k{k}-p1"),
+        probe(args, root, k, 1 + m, v, scratch / f"k{k}-p2"),
+        probe(args, root, k, 1, 2 * v, scratch / f"k{k}-p3"),
+    ]
+    p1, p2, p3 = (sum(p["job_s"]) / len(p["job_s"]) for p in probes)
+    train_batch = max(p2 - p1, 0.0) / (m * b)
+    eval_batch = max(p3 - p1, 0.0) / v
+    fixed = max(p1 - b * train_batch - v * eval_batch, 0.0)
+    launcher = sum(p["wall_s"] - max(p["job_s"]) for p in probes) / len(probes)
+    return {
+        "probes": probes,
+        "train_batch_s": train_batch,
+        "eval_batch_s": eval_batch,
+        "fixed_s": fixed,
+        "launcher_s": launcher,
+    }
 
 
 def task_seconds(costs: dict[str, float], test_size: int, recipe: dict[str, Any], epochs: int, rate: float) -> float:
@@ -173,6 +202,16 @@ def task_seconds(costs: dict[str, float], test_size: int, recipe: dict[str, Any]
     eval_pass = eval_batches * costs["eval_batch_s"] + (test_size / rate if uncached else 0.0)
     passes = epochs // recipe["check_val_every_n_epoch"] + 1
     return costs["fixed_s"] + epochs * train_batches * costs["train_batch_s"] + passes * eval_pass
+
+
+def cache_limit_gb(value: float | str, device: str, jobs_per_device: int) -> float:
+    """``data.cache_max_gb`` as each of ``jobs_per_device`` jobs resolves it on ``device`` (``auto``: a share of the
+    GPU's memory, :func:`peftlab.data.cache.resolve_cache_max_gb`)."""
+    import torch
+
+    from peftlab.data.cache import resolve_cache_max_gb
+
+    return resolve_cache_max_gb(value, torch.device(device), jobs=jobs_per_device)
 
 
 def recipe_facts(args: argparse.Namespace) -> dict[str, Any]:
@@ -220,8 +259,9 @@ def sweep_report(
     decode_s = sum((TRAIN_IMAGES + n) / rate for n in VTAB1K_TEST_SIZES.values())
     estimates = {}
     for k, c in costs.items():
-        jobs = {task: task_seconds(c, n, recipe, args.epochs, rate) for task, n in VTAB1K_TEST_SIZES.items()}
-        estimates[k] = {"per_task_s": jobs, "sweep_s": sum(jobs.values()) / k + decode_s}
+        with_limit = {**recipe, "cache_max_gb": cache_limit_gb(recipe["cache_max_gb"], args.device, k)}
+        jobs = {task: task_seconds(c, n, with_limit, args.epochs, rate) for task, n in VTAB1K_TEST_SIZES.items()}
+        estimates[k] = {"per_task_s": jobs, "sweep_s": c["launcher_s"] + sum(jobs.values()) / k + decode_s}
     return {
         "kind": "peftlab-bench-sweep",
         "command": " ".join(["experiments/bench_sweep.py", *sys.argv[1:]]),
@@ -243,18 +283,18 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"- {s['epochs']} epochs × {TRAIN_IMAGES} images at batch {r['batch_size']}, evaluation every "
         f"{r['check_val_every_n_epoch']} epoch(s) at batch {r['eval_batch_size']}, 19 tasks at their real test sizes",
-        f"- probes: B={s['train_batches']} train, V={s['eval_batches']} eval batches; generated task: "
+        f"- probes: B={s['train_batches']} train batches, M={s['more_epochs']} more epochs, V={s['eval_batches']} "
+        "test batches; generated task: "
         f"{s['test_size']} test JPEGs of {s['source_px']} px; cache build {report['decode_images_per_s']:.0f} img/s "
         f"({report['decode_first_jobs_s'] / 60:.1f} min for all tasks, first job of each task only)",
         "",
-        "| jobs per device | fixed s/job | s/train batch | s/eval batch | sweep h |",
-        "|---|---|---|---|---|",
+        "| jobs per device | launcher s/sweep | fixed s/job | s/train batch | s/eval batch | sweep h |",
+        "|---|---|---|---|---|---|",
     ]
     for k, c in report["costs_by_k"].items():
         sweep = report["estimates_by_k"][k]["sweep_s"]
-        lines.append(
-            f"| {k} | {c['fixed_s']:.1f} | {c['train_batch_s']:.3f} | {c['eval_batch_s']:.3f} | {sweep / 3600:.2f} |"
-        )
+        costs = f"{c['fixed_s']:.1f} | {c['train_batch_s']:.3f} | {c['eval_batch_s']:.3f}"
+        lines.append(f"| {k} | {c['launcher_s']:.1f} | {costs} | {sweep / 3600:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Everything a lent GPU machine should check, in one command (about 9 minutes on one H100/H200), each stage under its
-# own time limit so that one slow or failing stage leaves the others' results:
-#   1. `make bench-gpu`'s table: ViT-B/16, 224 px, bf16 autocast, batch 64, every method;
-#   2. its VTAB-1k sweep estimate with k = 1, 2, 4 jobs per GPU;
-#   3. the GPU tests (CUDA graphs equal eager and launch few host calls, bf16 fused paths, GPU cache, mixed precision).
-# Results go to experiments/results/bench/ and, with the logs, to $1 (default: gpu-check/).
-#     bash experiments/gpu_check.sh [OUT_DIR]
-# Uses the python on PATH (PYTHON=... to choose); peftlab is imported from this checkout.
+# Everything a lent GPU machine should check, each stage under its own time limit (TABLE_S, SWEEP_S, TESTS_S,
+# GRAPHS_S seconds) so that one slow or failing stage leaves the others' results; at the limit every Python process
+# of the stage prints its stack into the stage's log:
+#   table:  `make bench-gpu`'s table: ViT-B/16, 224 px, bf16 autocast, batch 64, every method (about 2 minutes);
+#   sweep:  its VTAB-1k sweep estimate with k = 1, 2, 4 jobs per GPU (about 4 minutes);
+#   tests:  the GPU tests: CUDA graphs equal eager and replay every method's step in few host launches, bf16 fused
+#           paths, the GPU cache, mixed precision (about 3 minutes);
+#   graphs: the CUDA-graph table (`make bench-gpu ARGS=--graphs`; every model compiled: not in the default set).
+# Results go to experiments/results/bench/ and, with the logs, to $1 (default: gpu-check/). Each call must end within
+# a lent machine's 10-minute command limit: the default stages take 10 minutes at their limits, so split them.
+#     STAGES="table tests" bash experiments/gpu_check.sh OUT      # then: STAGES=sweep bash experiments/gpu_check.sh OUT
+# Uses the python on PATH (PYTHON=... to choose); peftlab is imported from this checkout, its dependencies from that
+# python. A machine without hydra-core/omegaconf (the lent H200 image has none): copy hydra, omegaconf and antlr4 from
+# a venv's site-packages (pure Python) into a folder and put it on PYTHONPATH.
 set -u
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-gpu-check}")
@@ -32,6 +38,11 @@ stage() {  # stage NAME SECONDS COMMAND...
     save
 }
 
+if ! "$py" -c "import torch, timm, lightning, hydra, omegaconf, torchmetrics" 2>/dev/null; then
+    echo "error: $py cannot import peftlab's dependencies (torch, timm, lightning, hydra, omegaconf, torchmetrics):" \
+        "install them, or put a folder holding them on PYTHONPATH" >&2
+    exit 2
+fi
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     "$py" -c "import torch, timm, lightning, hydra, omegaconf; print('torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__, 'hydra', hydra.__version__, 'cuda', torch.cuda.is_available())"
@@ -39,6 +50,10 @@ stage() {  # stage NAME SECONDS COMMAND...
 } >"$out/env.log" 2>&1
 cat "$out/env.log"
 
-stage table "${TABLE_S:-200}" "$py" experiments/bench_gpu.py --only table
-stage sweep "${SWEEP_S:-220}" "$py" experiments/bench_gpu.py --only sweep
-stage tests "${TESTS_S:-130}" "$py" -m pytest -m gpu -p no:cacheprovider -v -s -o addopts="--strict-markers -ra --durations=15" $(grep -rl "mark.gpu" tests)
+stages=" ${STAGES-table sweep tests} "
+[[ $stages == *" table "* ]] && stage table "${TABLE_S:-160}" "$py" experiments/bench_gpu.py --only table
+[[ $stages == *" sweep "* ]] && stage sweep "${SWEEP_S:-260}" "$py" experiments/bench_gpu.py --only sweep
+[[ $stages == *" tests "* ]] && stage tests "${TESTS_S:-200}" "$py" -m pytest -m gpu -p no:cacheprovider -v -s \
+    -o addopts="--strict-markers -ra --durations=15" $(grep -rl "mark.gpu" tests)
+[[ $stages == *" graphs "* ]] && stage graphs "${GRAPHS_S:-500}" "$py" experiments/bench_gpu.py --graphs
+exit 0

@@ -218,3 +218,26 @@ def test_bench_gpu_stops_with_one_error_line_without_cuda():
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: make bench-gpu needs a CUDA device") and proc.stderr.count("\n") == 1
+
+
+def test_gpu_check_stops_with_one_error_line_when_peftlabs_dependencies_are_missing(tmp_path):
+    proc = subprocess.run(
+        ["bash", str(EXPERIMENTS / "gpu_check.sh"), str(tmp_path)],
+        env={"PATH": "/usr/bin:/bin", "PYTHON": "/bin/false"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: /bin/false cannot import peftlab's dependencies")
+    assert proc.stderr.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # stopped before any stage
+
+
+def test_gpu_check_runs_only_the_stages_asked_for(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "STAGES": ""}
+    proc = subprocess.run(
+        ["bash", str(EXPERIMENTS / "gpu_check.sh"), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "== " not in proc.stdout  # no stage ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["env.log"]

@@ -3,7 +3,9 @@ from the experiment config, and the extrapolation follows its formula. No timing
 
 from __future__ import annotations
 
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,3 +40,30 @@ def test_task_time_is_fixed_plus_training_plus_every_evaluation(sweep):
     with_decode = sweep.task_seconds(costs, huge, recipe, epochs=100, rate=100.0)
     without = sweep.task_seconds(costs, huge, {**recipe, "cache_max_gb": 100.0}, epochs=100, rate=100.0)
     assert with_decode - without == pytest.approx(101 * huge / 100.0)
+
+
+def test_job_seconds_come_from_the_launchers_journal_in_job_order(sweep, tmp_path):
+    """A job's cost is its own process time, not its sweep's wall time (which adds the launcher's start once)."""
+    journal = tmp_path / "launcher.jsonl"
+    records = [{"job": 1, "start": 100.0, "end": 112.5}, {"job": 0, "start": 100.0, "end": 110.0}]
+    journal.write_text("".join(json.dumps({**r, "device": "0", "returncode": 0}) + "\n" for r in records))
+    assert sweep.job_seconds(journal) == [10.0, 12.5]
+
+
+def test_the_launchers_start_is_paid_once_per_sweep_not_once_per_job(sweep):
+    costs = {"fixed_s": 10.0, "train_batch_s": 0.5, "eval_batch_s": 0.25, "launcher_s": 15.0}
+    recipe = {"batch_size": 32, "eval_batch_size": 128, "cache_max_gb": 4.0, "check_val_every_n_epoch": 10}
+    report = sweep.sweep_report(sweep.parse_args([]), recipe, rate=1000.0, costs={2: costs}, complete=True)
+    estimate = report["estimates_by_k"][2]
+    assert estimate["sweep_s"] == pytest.approx(
+        15.0 + sum(estimate["per_task_s"].values()) / 2 + report["decode_first_jobs_s"]
+    )
+
+
+def test_an_auto_cache_limit_is_resolved_per_jobs_per_device(sweep, monkeypatch):
+    """With ``cache_max_gb: auto`` (the shipped default) on a GPU each of k jobs gets 1/k of half its memory."""
+    monkeypatch.setattr("torch.cuda.get_device_properties", lambda device: SimpleNamespace(total_memory=80e9))
+    assert sweep.cache_limit_gb("auto", "cuda", 1) == pytest.approx(40.0)
+    assert sweep.cache_limit_gb("auto", "cuda", 4) == pytest.approx(10.0)
+    assert sweep.cache_limit_gb("auto", "cpu", 4) == 4.0
+    assert sweep.cache_limit_gb(2.5, "cuda", 4) == 2.5

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from peftlab.data import VTABDataModule
 from peftlab.data import cache as cache_module
-from peftlab.data.cache import CachedBatchLoader, load_or_build_cache
+from peftlab.data.cache import CachedBatchLoader, load_or_build_cache, resolve_cache_max_gb
 from peftlab.data.datasets import ResumableImageLoader
 from peftlab.data.splits import read_txt_split
 from tests.data_fixtures import write_vtab_task
@@ -92,6 +92,31 @@ def test_splits_over_the_size_limit_use_the_pil_path(vtab_root):
     assert isinstance(data.train_dataloader(), ResumableImageLoader)
     assert isinstance(data.val_dataloader(), CachedBatchLoader)
     assert data.describe()["cache_sources"] == {"eval": "memory"}
+
+
+@pytest.mark.parametrize(("gpu_bytes", "jobs", "cached"), [(2 * 432_000, 1, True), (2 * 432_000, 2, False)])
+def test_auto_cache_limit_is_half_the_gpus_memory_shared_by_its_jobs(vtab_root, monkeypatch, gpu_bytes, jobs, cached):
+    """The shipped default (``cache_max_gb: auto``) with the cache on a GPU: train800 (800 × 3 × 12 × 12 = 345,600
+    bytes) is cached when half the GPU's memory over the jobs sharing it holds it, and takes the PIL path when not."""
+    from peftlab.conf import JOBS_PER_DEVICE_ENV
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=gpu_bytes))
+    monkeypatch.setenv(JOBS_PER_DEVICE_ENV, str(jobs))
+    data = eurosat(vtab_root, cache_device="cuda")
+    assert data.cache_max_gb == "auto"  # the constructor's default, as the shipped configs set it
+    data.setup()
+    assert ("train" in data.cached) is cached
+
+
+def test_auto_cache_limit_on_the_cpu_is_four_gb():
+    assert resolve_cache_max_gb("auto", torch.device("cpu")) == 4.0
+    assert resolve_cache_max_gb(0.5, torch.device("cuda")) == 0.5  # a number is used as given
+
+
+@pytest.mark.parametrize("value", ["lots", -1, True])
+def test_bad_cache_limit_is_one_clear_error(vtab_root, value):
+    with pytest.raises(ValueError, match=r"data.cache_max_gb=.* is invalid: expected auto or a number of GB >= 0"):
+        eurosat(vtab_root, cache_max_gb=value)
 
 
 @pytest.mark.parametrize("cache", ["memory", "none"], ids=["cached-loader", "pil-loader"])

@@ -60,6 +60,15 @@ def test_jobs_per_device_is_validated():
         ParallelLauncher(jobs_per_device=0)
 
 
+def test_each_job_learns_how_many_jobs_share_its_device():
+    """``data.cache_max_gb: auto`` divides the GPU's memory among the jobs on it: the launcher tells each job k."""
+    from hydra_plugins.peftlab_launcher.parallel_launcher import _job_env
+    from peftlab.conf import JOBS_PER_DEVICE_ENV
+
+    env = _job_env("0", 4)
+    assert env[JOBS_PER_DEVICE_ENV] == "4" and env["CUDA_VISIBLE_DEVICES"] == "0"
+
+
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_its_jobs_resumably_and_journals_them(cli_env, tmp_path):
     sweep, epochs = tmp_path / "sweep", 50

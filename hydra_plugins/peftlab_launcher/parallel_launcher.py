@@ -134,7 +134,7 @@ class ParallelLauncher(Launcher):
                 payload.write_bytes(cloudpickle.dumps((self, overrides, num, state)))
                 process = subprocess.Popen(
                     [sys.executable, "-m", "hydra_plugins.peftlab_launcher.worker", str(payload), str(result)],
-                    env=_job_env(slots[slot]),
+                    env=_job_env(slots[slot], self.jobs_per_device),
                 )
                 running[slot] = (process, num, result, time.time())
             time.sleep(POLL_SECONDS)
@@ -182,8 +182,10 @@ def _journal(path: Path, num: int, device: str, process: subprocess.Popen, start
     _append_json(path, {**record, "returncode": process.returncode, "status": status})
 
 
-def _job_env(device: str) -> dict[str, str]:
-    env = dict(os.environ)
+def _job_env(device: str, jobs_per_device: int) -> dict[str, str]:
+    from peftlab.conf import JOBS_PER_DEVICE_ENV
+
+    env = {**os.environ, JOBS_PER_DEVICE_ENV: str(jobs_per_device)}  # the share of the device a job may cache into
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     else:

@@ -13,6 +13,8 @@ from omegaconf import OmegaConf
 CONFIG_PATH = "pkg://peftlab.conf"
 CONFIG_DIR = Path(__file__).resolve().parent
 USER_CONFIG_ENV = "PEFTLAB_CONFIG_DIR"
+#: how many jobs share this process's device: set by ``hydra/launcher=parallel`` (its ``jobs_per_device``) for each job
+JOBS_PER_DEVICE_ENV = "PEFTLAB_JOBS_PER_DEVICE"
 
 
 def user_config_dir() -> Path | None:

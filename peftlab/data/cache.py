@@ -25,6 +25,38 @@ CACHE_FORMAT_VERSION = "peftlab-uint8-cache-v1"
 CACHE_DIR_NAME = ".peftlab_cache"
 
 
+#: ``cache_max_gb: auto`` on the CPU (RAM), and the share of a GPU's memory it gives the caches of the jobs on it
+CPU_CACHE_MAX_GB = 4.0
+GPU_CACHE_SHARE = 0.5
+
+
+def resolve_cache_max_gb(value: float | str, device: torch.device, jobs: int | None = None) -> float:
+    """``data.cache_max_gb``: a number of GB, or ``auto``: on a GPU, half its memory divided among the ``jobs`` that
+    share it (default: the number ``hydra/launcher=parallel`` gives each job, else 1), so that the large VTAB-1k test
+    splits (dSprites: 11 GB) are cached on an H100/H200 instead of decoded at every evaluation; on the CPU, 4 GB."""
+    if value != "auto":
+        return float(value)
+    if device.type != "cuda":
+        return CPU_CACHE_MAX_GB
+    if jobs is None:
+        from peftlab.conf import JOBS_PER_DEVICE_ENV
+
+        jobs = int(os.environ.get(JOBS_PER_DEVICE_ENV) or 1)
+    return torch.cuda.get_device_properties(device).total_memory * GPU_CACHE_SHARE / max(1, jobs) / 1e9
+
+
+def check_cache_max_gb(value: float | str) -> float | str:
+    """One clear error for a value that is neither ``auto`` nor a number of GB >= 0."""
+    if value == "auto":
+        return value
+    try:
+        if float(value) >= 0 and not isinstance(value, bool):
+            return float(value)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"data.cache_max_gb={value!r} is invalid: expected auto or a number of GB >= 0 (0: no cache)")
+
+
 def cache_nbytes(num_images: int, image_size: int) -> int:
     """Bytes a uint8 cache of ``num_images`` RGB images of ``image_size``² takes."""
     return num_images * 3 * image_size * image_size

@@ -10,7 +10,15 @@ from typing import Any
 import torch
 
 from peftlab.data.base import ImageClassificationDataModule
-from peftlab.data.cache import CACHE_DIR_NAME, CACHE_MODES, CachedBatchLoader, cache_nbytes, load_or_build_cache
+from peftlab.data.cache import (
+    CACHE_DIR_NAME,
+    CACHE_MODES,
+    CachedBatchLoader,
+    cache_nbytes,
+    check_cache_max_gb,
+    load_or_build_cache,
+    resolve_cache_max_gb,
+)
 from peftlab.data.catalog import BENCHMARK_TITLES, BENCHMARKS, CUSTOM_GROUP, DEMO_TASK, TaskSpec, benchmark_task
 from peftlab.data.demo import make_demo_dataset
 from peftlab.data.errors import Problem
@@ -67,7 +75,8 @@ class VTABDataModule(ImageClassificationDataModule):
         hflip: Random horizontal flip of training images (off in the VTAB-1k protocol).
         generate_demo: Generate the demo dataset at ``root`` (``task`` must be ``demo``) before reading it.
         cache_device: ``auto`` (the trainer's device) or an explicit device such as ``cpu``.
-        cache_max_gb: Largest split (in GB of uint8 pixels) that is cached.
+        cache_max_gb: Largest split (in GB of uint8 pixels) that is cached; ``auto``: half the GPU's memory shared
+            by the jobs on it when the cache is on a GPU, else 4 (:func:`~peftlab.data.cache.resolve_cache_max_gb`).
         group: Defaults to the task's VTAB group (your own task: ``custom``); a different value is an error.
         dataset: ``vtab1k`` or ``demo`` (the catalog's tasks), or any other name for your own task.
         **kwargs: See :class:`~peftlab.data.base.ImageClassificationDataModule`.
@@ -88,7 +97,7 @@ class VTABDataModule(ImageClassificationDataModule):
         hflip: bool = False,
         generate_demo: bool = False,
         cache_device: str = "auto",
-        cache_max_gb: float = 4.0,
+        cache_max_gb: float | str = "auto",
         **kwargs: Any,
     ):
         spec = task_spec(dataset, task, num_classes, group)
@@ -99,7 +108,7 @@ class VTABDataModule(ImageClassificationDataModule):
             raise ValueError(f"generate_demo=true only makes sense for task 'demo', not {task!r}")
         self.spec = spec
         self.cache, self.hflip, self.generate_demo = cache, hflip, generate_demo
-        self.cache_device, self.cache_max_gb = cache_device, cache_max_gb
+        self.cache_device, self.cache_max_gb = cache_device, check_cache_max_gb(cache_max_gb)
         self.cached: dict[str, torch.Tensor] = {}
         if self.dataset == "vtab1k":
             self.MISSING_CLASS_ADVICE = VTAB_MISSING_CLASS_ADVICE
@@ -131,9 +140,14 @@ class VTABDataModule(ImageClassificationDataModule):
     def _maybe_cache(self, role: str, images: LabeledImages) -> None:
         if self.cache == "none":
             return
-        if cache_nbytes(len(images), self.image_size) > self.cache_max_gb * 1e9:
+        limit = resolve_cache_max_gb(self.cache_max_gb, self._cache_device())
+        if cache_nbytes(len(images), self.image_size) > limit * 1e9:
             log.info(
-                "%s split %s is larger than cache_max_gb=%s; using the PIL path", role, images.name, self.cache_max_gb
+                "%s split %s is larger than cache_max_gb=%s (%.1f GB); using the PIL path",
+                role,
+                images.name,
+                self.cache_max_gb,
+                limit,
             )
             return
         cache_dir = self.task_dir / CACHE_DIR_NAME if self.cache == "disk" else None

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 from peftlab.build import compile_in_place, compile_mode
-from peftlab.methods import get_method
+from peftlab.methods import get_method, list_methods
 from peftlab.options import ConfigError
 from tests.helpers import ATOL, RTOL, images, load_experiment, perturb, tiny_vit
 
@@ -103,7 +103,7 @@ def frozen_replay_launches():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", FUSED_METHODS)
+@pytest.mark.parametrize("name", list_methods())
 def test_cuda_graphs_launch_a_step_in_at_most_one_and_a_half_times_the_frozen_steps_host_calls(
     name, frozen_replay_launches
 ):
