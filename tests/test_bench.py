@@ -241,3 +241,11 @@ def test_gpu_check_runs_only_the_stages_asked_for(tmp_path):
     )
     assert proc.returncode == 0 and "== " not in proc.stdout  # no stage ran
     assert sorted(p.name for p in tmp_path.iterdir()) == ["env.log"]
+
+
+def test_timed_calls_run_with_the_garbage_collector_paused(bench):
+    import gc
+
+    seen = []
+    bench.seconds_per_call(lambda: seen.append(gc.isenabled()), 3, torch.device("cpu"), "wall")
+    assert seen == [False, False, False] and gc.isenabled()

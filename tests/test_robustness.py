@@ -221,6 +221,16 @@ def test_mixed_precision_trains_on_gpu(make_cfg, precision):
     assert results.meta_info["device"] == torch.cuda.get_device_name() and results.meta_info["precision"] == precision
 
 
+@pytest.mark.gpu
+def test_cuda_graphs_train_through_the_lightning_loop(make_cfg):
+    """``trainer.compile=reduce-overhead`` in a real run: the loss, metrics and finiteness check must not read a CUDA
+    graph's output after the next replay has overwritten it (training and evaluation graphs alternate)."""
+    gpu = ["trainer.accelerator=gpu", "trainer.precision=bf16-mixed", "trainer.compile=reduce-overhead"]
+    results = train(make_cfg("method=lora", "debug=limit", *gpu, *DEMO_FAST))
+    assert results.status == "partial" and results.meta_info["device"] == torch.cuda.get_device_name()
+    assert math.isfinite(results.metrics["train/loss"]) and math.isfinite(results.metrics["test/loss"])
+
+
 def test_results_name_the_device_the_run_trained_on_not_the_machines_gpu(make_cfg, monkeypatch):
     """A run told to use the CPU on a GPU machine (``debug=``, ``trainer=cpu``) records ``cpu``, and the precision
     Lightning ran (16-mixed falls back to bf16-mixed on a CPU), not the one asked for."""
