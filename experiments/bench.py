@@ -504,6 +504,7 @@ def floor_and_ops(candidate: Candidate, medians: dict[str, float], frozen: Candi
         "ops_floor": ops_floor,
         "ops_floor_vs_frozen": ratio(ops_floor, frozen_ops.get("kernel")),
         "ops_vs_floor": ratio(ops.get("kernel"), ops_floor),
+        "launch_sources": ops.get("launch_sources"),  # CUDA only: launches by API call, the most frequent kernels
     }
 
 
@@ -633,7 +634,8 @@ def dispatch_counts(
         return {"all": counter.all, "kernel": counter.kernel}
     with floor.LaunchCounter() as launches:
         forward_backward()
-    return {"all": counter.kernel, "kernel": launches.count}
+    sources = {"launch_calls": dict(launches.calls), "top_kernels": dict(launches.kernels.most_common(25))}
+    return {"all": counter.kernel, "kernel": launches.count, "launch_sources": sources}
 
 
 def build_candidates(args: argparse.Namespace, device: torch.device, methods: list[str]) -> list[Candidate]:

@@ -135,10 +135,15 @@ class LaunchCounter:
 
     def __exit__(self, *exc: Any) -> None:
         import torch
+        from torch.autograd import DeviceType
 
         torch.cuda.synchronize()
         self._profile.__exit__(*exc)
-        self.count = count_launches(event.name for event in self._profile.events())
+        events = self._profile.events()
+        self.count = count_launches(event.name for event in events)
+        #: by API call, and the kernels the device ran by name: where the launches come from
+        self.calls = Counter(event.name for event in events if event.name.startswith(LAUNCH_CALLS))
+        self.kernels = Counter(event.name for event in events if event.device_type == DeviceType.CUDA)
 
 
 def count_launches(names: Any) -> int:
