@@ -39,6 +39,7 @@ def load(name: str):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="lora", help="method of the sweep estimate")
+    parser.add_argument("--jobs-per-device", default="1,2,4", help="k values of the sweep estimate")
     parser.add_argument("--only", choices=("table", "sweep"), help="one of the two parts (default: both)")
     parser.add_argument("--graphs", action="store_true", help="only the CUDA-graph table (reduce-overhead)")
     args = parser.parse_args(argv)
@@ -62,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         load("bench").main([*common, "--repeats", "5", "--warmup", "3", "--steps", "10", "--tag", "gpu"])
     if args.only in (None, "sweep"):
         sweep = load("bench_sweep")
-        probes = ["--jobs-per-device", "1,2,4", "--train-batches", "16", "--more-epochs", "8", "--eval-batches", "8"]
+        probes = ["--jobs-per-device", args.jobs_per_device, "--train-batches", "16", "--more-epochs", "8"]
+        probes += ["--eval-batches", "8"]
+        probes += ["--test-size", "2048"]  # 2V = 16 full test batches of 128
         sweep.run(sweep.parse_args(["--method", args.method, "--device", "cuda", "--precision", "bf16-mixed", *probes]))
 
 

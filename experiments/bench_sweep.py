@@ -214,6 +214,23 @@ def cache_limit_gb(value: float | str, device: str, jobs_per_device: int) -> flo
     return resolve_cache_max_gb(value, torch.device(device), jobs=jobs_per_device)
 
 
+def check_probe_sizes(args: argparse.Namespace, recipe: dict[str, Any]) -> None:
+    """The probes' differences count batches that must exist: B train batches in an epoch, 2V in the test split."""
+    epoch = math.ceil(TRAIN_IMAGES / recipe["batch_size"])
+    test = math.ceil(args.test_size / recipe["eval_batch_size"])
+    if args.train_batches > epoch:
+        raise SystemExit(
+            f"error: --train-batches {args.train_batches} is more than an epoch has ({epoch} batches of "
+            f"{recipe['batch_size']}): use at most {epoch}, and --more-epochs for a longer probe"
+        )
+    if 2 * args.eval_batches > test:
+        raise SystemExit(
+            f"error: --eval-batches {args.eval_batches} needs {2 * args.eval_batches} test batches of "
+            f"{recipe['eval_batch_size']} and --test-size {args.test_size} has {test}: raise --test-size to at least "
+            f"{2 * args.eval_batches * recipe['eval_batch_size']}"
+        )
+
+
 def recipe_facts(args: argparse.Namespace) -> dict[str, Any]:
     """Batch sizes, cache limit and evaluation frequency as the experiment config sets them."""
     from hydra import compose, initialize_config_dir
@@ -240,6 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     ks = [int(k) for k in args.jobs_per_device.split(",")]
     recipe = recipe_facts(args)
+    check_probe_sizes(args, recipe)
     costs: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="peftlab-sweep-bench-") as scratch:
         scratch = Path(scratch)

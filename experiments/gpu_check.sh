@@ -3,13 +3,15 @@
 # GRAPHS_S seconds) so that one slow or failing stage leaves the others' results; at the limit every Python process
 # of the stage prints its stack into the stage's log:
 #   table:  `make bench-gpu`'s table: ViT-B/16, 224 px, bf16 autocast, batch 64, every method (about 2 minutes);
-#   sweep:  its VTAB-1k sweep estimate with k = 1, 2, 4 jobs per GPU (about 4 minutes);
+#   sweep:  its VTAB-1k sweep estimate with k = SWEEP_KS jobs per GPU (1,2,4: about 6 minutes; each k about 2);
 #   tests:  the GPU tests: CUDA graphs equal eager and replay every method's step in few host launches, bf16 fused
 #           paths, the GPU cache, mixed precision (about 3 minutes);
 #   graphs: the CUDA-graph table (`make bench-gpu ARGS=--graphs`; every model compiled: not in the default set).
 # Results go to experiments/results/bench/ and, with the logs, to $1 (default: gpu-check/). Each call must end within
-# a lent machine's 10-minute command limit: the default stages take 10 minutes at their limits, so split them.
-#     STAGES="table tests" bash experiments/gpu_check.sh OUT      # then: STAGES=sweep bash experiments/gpu_check.sh OUT
+# a lent machine's 10-minute command limit, and a session has about 15 minutes of device time: two calls, the second
+# issued at once while the machine is still warm:
+#     STAGES="tests table" bash experiments/gpu_check.sh OUT              # about 6 minutes
+#     STAGES=sweep SWEEP_KS=1,4 bash experiments/gpu_check.sh OUT         # about 4 minutes
 # Uses the python on PATH (PYTHON=... to choose); peftlab is imported from this checkout, its dependencies from that
 # python. A machine without hydra-core/omegaconf (the lent H200 image has none): copy hydra, omegaconf and antlr4 from
 # a venv's site-packages (pure Python) into a folder and put it on PYTHONPATH.
@@ -52,7 +54,8 @@ cat "$out/env.log"
 
 stages=" ${STAGES-table sweep tests} "
 [[ $stages == *" table "* ]] && stage table "${TABLE_S:-160}" "$py" experiments/bench_gpu.py --only table
-[[ $stages == *" sweep "* ]] && stage sweep "${SWEEP_S:-260}" "$py" experiments/bench_gpu.py --only sweep
+[[ $stages == *" sweep "* ]] && stage sweep "${SWEEP_S:-400}" "$py" experiments/bench_gpu.py --only sweep \
+    --jobs-per-device "${SWEEP_KS:-1,2,4}"
 [[ $stages == *" tests "* ]] && stage tests "${TESTS_S:-200}" "$py" -m pytest -m gpu -p no:cacheprovider -v -s \
     -o addopts="--strict-markers -ra --durations=15" $(grep -rl "mark.gpu" tests)
 [[ $stages == *" graphs "* ]] && stage graphs "${GRAPHS_S:-500}" "$py" experiments/bench_gpu.py --graphs

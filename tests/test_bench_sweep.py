@@ -67,3 +67,19 @@ def test_an_auto_cache_limit_is_resolved_per_jobs_per_device(sweep, monkeypatch)
     assert sweep.cache_limit_gb("auto", "cuda", 4) == pytest.approx(10.0)
     assert sweep.cache_limit_gb("auto", "cpu", 4) == 4.0
     assert sweep.cache_limit_gb(2.5, "cuda", 4) == 2.5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--train-batches", "17"], r"--train-batches 17 is more than an epoch has \(16 batches of 64\)"),
+        (["--eval-batches", "9", "--test-size", "2048"], r"--eval-batches 9 needs 18 test batches .* at least 2304"),
+    ],
+)
+def test_probe_sizes_that_do_not_exist_are_one_error_before_any_probe(sweep, argv, message):
+    recipe = {"batch_size": 64, "eval_batch_size": 128, "cache_max_gb": "auto", "check_val_every_n_epoch": 10}
+    with pytest.raises(SystemExit, match=message):
+        sweep.check_probe_sizes(sweep.parse_args(argv), recipe)
+    sweep.check_probe_sizes(
+        sweep.parse_args(["--train-batches", "16", "--eval-batches", "8", "--test-size", "2048"]), recipe
+    )
