@@ -2,7 +2,7 @@
 # Everything a lent GPU machine should check, each stage under its own time limit (TABLE_S, SWEEP_S, TESTS_S,
 # GRAPHS_S seconds) so that one slow or failing stage leaves the others' results; at the limit every Python process
 # of the stage prints its stack into the stage's log:
-#   table:  `make bench-gpu`'s table: ViT-B/16, 224 px, bf16 autocast, batch 64, every method (about 2 minutes);
+#   table:  `make bench-gpu`'s table: ViT-B/16, 224 px, bf16 autocast, batch 64, every method (about 2.5 minutes);
 #   sweep:  its VTAB-1k sweep estimate with k = SWEEP_KS jobs per GPU (1,2,4: about 6 minutes; each k about 2);
 #   tests:  the GPU tests: CUDA graphs equal eager and replay every method's step in few host launches, bf16 fused
 #           paths, the GPU cache, mixed precision (about 3 minutes);
@@ -10,7 +10,7 @@
 # Results go to experiments/results/bench/ and, with the logs, to $1 (default: gpu-check/). Each call must end within
 # a lent machine's 10-minute command limit, and a session has about 15 minutes of device time: two calls, the second
 # issued at once while the machine is still warm:
-#     STAGES="tests table" bash experiments/gpu_check.sh OUT              # about 6 minutes
+#     STAGES="tests table" bash experiments/gpu_check.sh OUT              # about 6 minutes, at most 6.8
 #     STAGES=sweep SWEEP_KS=1,4 bash experiments/gpu_check.sh OUT         # about 4 minutes
 # Uses the python on PATH (PYTHON=... to choose); peftlab is imported from this checkout, its dependencies from that
 # python. A machine without hydra-core/omegaconf (the lent H200 image has none): copy hydra, omegaconf and antlr4 from
@@ -53,7 +53,7 @@ fi
 cat "$out/env.log"
 
 stages=" ${STAGES-table sweep tests} "
-[[ $stages == *" table "* ]] && stage table "${TABLE_S:-160}" "$py" experiments/bench_gpu.py --only table
+[[ $stages == *" table "* ]] && stage table "${TABLE_S:-200}" "$py" experiments/bench_gpu.py --only table
 [[ $stages == *" sweep "* ]] && stage sweep "${SWEEP_S:-400}" "$py" experiments/bench_gpu.py --only sweep \
     --jobs-per-device "${SWEEP_KS:-1,2,4}"
 [[ $stages == *" tests "* ]] && stage tests "${TESTS_S:-200}" "$py" -m pytest -m gpu -p no:cacheprovider -v -s \
