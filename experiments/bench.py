@@ -634,7 +634,12 @@ def dispatch_counts(
         return {"all": counter.all, "kernel": counter.kernel}
     with floor.LaunchCounter() as launches:
         forward_backward()
-    sources = {"launch_calls": dict(launches.calls), "top_kernels": dict(launches.kernels.most_common(25))}
+    kernels = sum(launches.kernels.values())
+    sources = {
+        "launch_calls": dict(launches.calls),
+        "kernels": kernels,
+        "top_kernels": dict(launches.kernels.most_common(25)),
+    }
     return {"all": counter.kernel, "kernel": launches.count, "launch_sources": sources}
 
 

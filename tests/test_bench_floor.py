@@ -81,8 +81,10 @@ def test_launch_counter_sees_one_launch_per_eager_kernel_on_cuda(floor):
     with floor.LaunchCounter() as counter:
         for _ in range(3):
             x = x @ x
-    assert counter.count >= 3 and counter.count == sum(counter.calls.values())
-    assert sum(counter.kernels.values()) >= 3  # the device ran at least the three GEMMs
+    ran = sum(counter.kernels.values())
+    # eager: every host launch runs one kernel; more launches than kernels would mean a launch counted twice (a runtime
+    # call and the driver call under it, say), and the bench's dispatch column would be inflated
+    assert counter.count == ran >= 3, f"{counter.count} launches {dict(counter.calls)}, {ran} kernels {counter.kernels}"
 
 
 @pytest.mark.slow
