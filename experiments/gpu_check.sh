@@ -5,12 +5,12 @@
 #   table:  `make bench-gpu`'s table: ViT-B/16, 224 px, bf16 autocast, batch 64, every method (about 2.5 minutes);
 #   sweep:  its VTAB-1k sweep estimate with k = SWEEP_KS jobs per GPU (1,2,4: about 6 minutes; each k about 2);
 #   tests:  the GPU tests: CUDA graphs equal eager and replay every method's step in few host launches, bf16 fused
-#           paths, the GPU cache, mixed precision (about 3 minutes);
+#           paths, the GPU cache, mixed precision (about 4 minutes);
 #   graphs: the CUDA-graph table (`make bench-gpu ARGS=--graphs`; every model compiled: not in the default set).
 # Results go to experiments/results/bench/ and, with the logs, to $1 (default: gpu-check/). Each call must end within
 # a lent machine's 10-minute command limit, and a session has about 15 minutes of device time: two calls, the second
 # issued at once while the machine is still warm:
-#     STAGES="tests table" bash experiments/gpu_check.sh OUT              # about 6 minutes, at most 6.8
+#     STAGES="tests table" bash experiments/gpu_check.sh OUT              # about 6.5 minutes, at most 7.7
 #     STAGES=sweep SWEEP_KS=1,4 bash experiments/gpu_check.sh OUT         # about 4 minutes
 # Uses the python on PATH (PYTHON=... to choose); peftlab is imported from this checkout, its dependencies from that
 # python. A machine without hydra-core/omegaconf (the lent H200 image has none): copy hydra, omegaconf and antlr4 from
@@ -56,7 +56,7 @@ stages=" ${STAGES-table sweep tests} "
 [[ $stages == *" table "* ]] && stage table "${TABLE_S:-200}" "$py" experiments/bench_gpu.py --only table
 [[ $stages == *" sweep "* ]] && stage sweep "${SWEEP_S:-400}" "$py" experiments/bench_gpu.py --only sweep \
     --jobs-per-device "${SWEEP_KS:-1,2,4}"
-[[ $stages == *" tests "* ]] && stage tests "${TESTS_S:-200}" "$py" -m pytest -m gpu -p no:cacheprovider -v -s \
+[[ $stages == *" tests "* ]] && stage tests "${TESTS_S:-260}" "$py" -m pytest -m gpu -p no:cacheprovider -v -s \
     -o addopts="--strict-markers -ra --durations=15" $(grep -rl "mark.gpu" tests)
 [[ $stages == *" graphs "* ]] && stage graphs "${GRAPHS_S:-500}" "$py" experiments/bench_gpu.py --graphs
 exit 0
