@@ -1,8 +1,9 @@
-"""``make bench-gpu``: the whole GPU measurement in one command (well under 10 minutes on one H100/H200).
+"""``make bench-gpu``: the whole GPU measurement in one command (about 9 minutes on one H200; ``--only`` runs a part).
 
 1. ``bench.py`` for ViT-B/16 at 224 px, bf16 autocast, batch 64: every method's step × frozen, × its floor, × full,
-   peak memory × full, dispatch cost × frozen and merged inference × plain.
-2. ``bench_sweep.py``: the end-to-end time of a VTAB-1k sweep for one method with k = 1, 2 and 4 jobs per GPU.
+   peak memory × full, dispatch cost × frozen and merged inference × plain (about 2.5 minutes).
+2. ``bench_sweep.py``: the end-to-end time of a VTAB-1k sweep for one method with k = 1, 2 and 4 jobs per GPU (about
+   2 minutes per k).
 
 Both write into ``experiments/results/bench/``. Without CUDA it stops before any work with one ``error:`` line.
 
