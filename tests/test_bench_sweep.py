@@ -61,8 +61,10 @@ def test_the_launchers_start_is_paid_once_per_sweep_not_once_per_job(sweep):
 
 
 def test_an_auto_cache_limit_is_resolved_per_jobs_per_device(sweep, monkeypatch):
-    """With ``cache_max_gb: auto`` (the shipped default) on a GPU each of k jobs gets 1/k of half its memory."""
+    """With ``cache_max_gb: auto`` (the shipped default) on a GPU each of k jobs gets 1/k of half its memory (on a host
+    with more memory than that)."""
     monkeypatch.setattr("torch.cuda.get_device_properties", lambda device: SimpleNamespace(total_memory=80e9))
+    monkeypatch.setattr("peftlab.data.cache.host_memory_bytes", lambda: 1e12)  # a host larger than the GPU
     assert sweep.cache_limit_gb("auto", "cuda", 1) == pytest.approx(40.0)
     assert sweep.cache_limit_gb("auto", "cuda", 4) == pytest.approx(10.0)
     assert sweep.cache_limit_gb("auto", "cpu", 4) == 4.0

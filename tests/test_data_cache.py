@@ -108,6 +108,15 @@ def test_auto_cache_limit_is_half_the_gpus_memory_shared_by_its_jobs(vtab_root, 
     assert ("train" in data.cached) is cached
 
 
+def test_auto_cache_limit_on_a_gpu_is_bounded_by_the_hosts_memory_too(monkeypatch):
+    """A cache is decoded (or loaded) in host memory before it moves to the GPU: a large GPU on a small host."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80e9))
+    monkeypatch.setattr(cache_module, "host_memory_bytes", lambda: 16e9)
+    assert resolve_cache_max_gb("auto", torch.device("cuda"), jobs=2) == pytest.approx(4.0)  # min(40, 8) / 2
+    monkeypatch.setattr(cache_module, "host_memory_bytes", lambda: 512e9)
+    assert resolve_cache_max_gb("auto", torch.device("cuda"), jobs=2) == pytest.approx(20.0)  # min(40, 256) / 2
+
+
 def test_auto_cache_limit_on_the_cpu_is_four_gb():
     assert resolve_cache_max_gb("auto", torch.device("cpu")) == 4.0
     assert resolve_cache_max_gb(0.5, torch.device("cuda")) == 0.5  # a number is used as given

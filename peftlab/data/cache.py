@@ -25,15 +25,23 @@ CACHE_FORMAT_VERSION = "peftlab-uint8-cache-v1"
 CACHE_DIR_NAME = ".peftlab_cache"
 
 
-#: ``cache_max_gb: auto`` on the CPU (RAM), and the share of a GPU's memory it gives the caches of the jobs on it
+#: ``cache_max_gb: auto`` on the CPU, and the share of a GPU's memory, and of the host's (where a cache is decoded or
+#: loaded before it moves to the GPU), that it gives the caches of the jobs on one device
 CPU_CACHE_MAX_GB = 4.0
 GPU_CACHE_SHARE = 0.5
+HOST_CACHE_SHARE = 0.5
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def resolve_cache_max_gb(value: float | str, device: torch.device, jobs: int | None = None) -> float:
     """``data.cache_max_gb``: a number of GB, or ``auto``: on a GPU, half its memory divided among the ``jobs`` that
-    share it (default: the number ``hydra/launcher=parallel`` gives each job, else 1), so that the large VTAB-1k test
-    splits (dSprites: 11 GB) are cached on an H100/H200 instead of decoded at every evaluation; on the CPU, 4 GB."""
+    share it (default: the number ``hydra/launcher=parallel`` gives each job, else 1), and at most half the host's
+    memory divided likewise (a cache is built in host memory first), so that the large VTAB-1k test splits
+    (dSprites: 11 GB) are cached on an H100/H200 instead of decoded at every evaluation; on the CPU, 4 GB."""
     if value != "auto":
         return float(value)
     if device.type != "cuda":
@@ -42,7 +50,8 @@ def resolve_cache_max_gb(value: float | str, device: torch.device, jobs: int | N
         from peftlab.conf import JOBS_PER_DEVICE_ENV
 
         jobs = int(os.environ.get(JOBS_PER_DEVICE_ENV) or 1)
-    return torch.cuda.get_device_properties(device).total_memory * GPU_CACHE_SHARE / max(1, jobs) / 1e9
+    gpu = torch.cuda.get_device_properties(device).total_memory * GPU_CACHE_SHARE
+    return min(gpu, host_memory_bytes() * HOST_CACHE_SHARE) / max(1, jobs) / 1e9
 
 
 def check_cache_max_gb(value: float | str) -> float | str:
