@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from peftlab.data.images import decode_resized_uint8, normalize_uint8
-from peftlab.data.sampling import ResumablePass, rank_and_world
+from peftlab.data.sampling import ResumablePass, loader_seed, rank_and_world
 from peftlab.data.splits import LabeledImages
 
 log = logging.getLogger(__name__)
@@ -209,9 +209,7 @@ class CachedBatchLoader(ResumablePass):
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1)
         self.shuffle, self.drop_last, self.hflip = shuffle, drop_last, hflip
-        if seed is None:  # drawn from the global RNG: reproducible under seed_everything, new for every loader
-            seed = int(torch.randint(0, 2**62, ()))
-        self.seed = seed
+        self.seed = loader_seed(seed)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:

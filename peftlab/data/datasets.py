@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from peftlab.data.images import load_rgb
-from peftlab.data.sampling import ResumablePass, SeededSampler
+from peftlab.data.sampling import ResumablePass, SeededSampler, loader_seed
 from peftlab.data.splits import LabeledImages
 
 #: a sample's key: its index, or (index, augmentation seed) for a training sample
@@ -68,9 +68,7 @@ class ResumableImageLoader(ResumablePass):
     def __init__(
         self, dataset: ImageListDataset, batch_size: int, seed: int | None = None, shuffle: bool = True, **kwargs
     ) -> None:
-        if seed is None:  # drawn from the global RNG: reproducible under seed_everything, new for every loader
-            seed = int(torch.randint(0, 2**62, ()))
-        self.order = SeededSampler(dataset, shuffle=shuffle, seed=seed)
+        self.order = SeededSampler(dataset, shuffle=shuffle, seed=loader_seed(seed))
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.order, **kwargs)
         self.batch_size = batch_size
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
@@ -45,6 +46,12 @@ class ResumablePass:
         skip, self._resume_after = self._resume_after, 0
         self.batches_done = skip
         return skip
+
+
+def loader_seed(seed: int | None) -> int:
+    """A training loader's seed: ``seed``, or drawn from torch's global RNG (reproducible under ``seed_everything``,
+    new for every loader)."""
+    return int(torch.randint(0, 2**62, ())) if seed is None else seed
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
