@@ -140,15 +140,20 @@ class LaunchCounter:
         torch.cuda.synchronize()
         self._profile.__exit__(*exc)
         events = self._profile.events()
-        self.count = count_launches(event.name for event in events)
         #: by API call, and the kernels the device ran by name: where the launches come from
-        self.calls = Counter(event.name for event in events if event.name.startswith(LAUNCH_CALLS))
+        self.calls = launch_calls(event.name for event in events)
+        self.count = sum(self.calls.values())
         self.kernels = Counter(event.name for event in events if event.device_type == DeviceType.CUDA)
+
+
+def launch_calls(names: Any) -> Counter[str]:
+    """The profiler event ``names`` that are launch calls (:data:`LAUNCH_CALLS`), counted by name."""
+    return Counter(name for name in names if name.startswith(LAUNCH_CALLS))
 
 
 def count_launches(names: Any) -> int:
     """How many of the profiler event ``names`` are launch calls (:data:`LAUNCH_CALLS`)."""
-    return sum(1 for name in names if name.startswith(LAUNCH_CALLS))
+    return sum(launch_calls(names).values())
 
 
 def _is_kernel(event: Any) -> bool:

@@ -162,7 +162,9 @@ def probe(args: argparse.Namespace, root: Path, k: int, epochs: int, evals: int,
     proc = subprocess.run([sys.executable, "-m", "peftlab.train", *overrides], env=env, stdout=sys.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"error: a probe sweep failed (exit {proc.returncode}); its jobs' output is above")
-    return {"wall_s": time.perf_counter() - start, "job_s": job_seconds(logs / "launcher.jsonl")}
+    from hydra_plugins.peftlab_launcher.parallel_launcher import JOURNAL_NAME
+
+    return {"wall_s": time.perf_counter() - start, "job_s": job_seconds(logs / JOURNAL_NAME)}
 
 
 def job_seconds(journal: Path) -> list[float]:

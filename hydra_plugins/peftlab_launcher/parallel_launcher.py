@@ -35,6 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
+#: the sweep's journal: one JSON line per ended job, in ``<sweep dir>``
+JOURNAL_NAME = "launcher.jsonl"
 #: how long stopped jobs get to write their checkpoint before they are killed
 STOP_GRACE_SECONDS = 120
 
@@ -108,7 +110,7 @@ class ParallelLauncher(Launcher):
         log.info(f"Parallel launcher: {len(job_overrides)} jobs, {self.jobs_per_device} per device on {devices}")
         jobs = deque((initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides))
         with tempfile.TemporaryDirectory(prefix="peftlab-launcher-") as scratch:
-            return self._run_all(jobs, slots, Path(scratch), sweep_dir / "launcher.jsonl")
+            return self._run_all(jobs, slots, Path(scratch), sweep_dir / JOURNAL_NAME)
 
     def _run_all(self, jobs: deque, slots: list[str], scratch: Path, journal: Path) -> list[JobReturn]:
         running, results = {}, {}  # slot -> (process, job, result file, start); job -> JobReturn
