@@ -112,7 +112,7 @@ def test_compiled_kernel_counter_sees_inductor_kernels_and_the_gemms_left_to_ate
 
 #: ATen ops that are a GEMM, a solve or a convolution (what the dispatch floor counts one kernel each)
 GEMM_OPS = {"mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward", "linalg_solve_ex",
-            "_linalg_solve_ex", "linalg_solve"}  # fmt: skip
+            "_linalg_solve_ex", "linalg_solve", "linalg_lu_solve"}  # fmt: skip
 
 
 def adapted(method: str):

@@ -101,16 +101,34 @@ class DoraLayer(LoraLayer):
     def qkv_forward(fused: nn.Linear, parts: list[DoraLayer | None], x: Tensor) -> Tensor | None:
         """q, k and v of timm's fused qkv as LoRA's one base GEMM plus one low-rank branch, then each adapted block
         rescaled by its ``m / ‖W₀ + ΔW‖_c`` and the bias added (Eq. 5 on activations, as :meth:`forward`); None (the
-        per-part path) while dropout acts on the branch input."""
+        per-part path) while dropout acts on the branch input. The ``ΔW`` of every block comes from one GEMM of the
+        branch's own stacked factors (``blockdiag(B_i) · [A_i]``), its norms from one pass."""
         factors = [None if part is None else LoraLayer.low_rank_factors(part) for part in parts]
         if any(part is not None and f is None for part, f in zip(parts, factors, strict=True)):
             return None
         out = qkv_low_rank(x, fused.weight, None, factors)
         width = fused.out_features // len(parts)
-        one = out.new_ones(width)
-        scales = torch.stack([one if part is None else part.magnitude_scale().to(out.dtype) for part in parts])
+        scales = qkv_magnitude_scales(fused.weight, parts, factors).to(out.dtype)
         out = (out.unflatten(-1, (len(parts), width)) * scales).flatten(-2)
         return out if fused.bias is None else out + fused.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, detach_norm={self.detach_norm}"
+
+
+def qkv_magnitude_scales(weight: Tensor, parts: list[DoraLayer | None], factors: list) -> Tensor:
+    """``m / ‖W₀ + ΔW‖_c`` of each q, k, v block of the fused ``weight``, shape ``(3, width)``, 1 for an unadapted
+    block. ``ΔW = blockdiag(B_q, B_k, B_v) · [A_q; A_k; A_v]`` over the adapted blocks is one GEMM of the very
+    factors the low-rank branch stacks (:func:`~peftlab.methods.fused.qkv_low_rank`), so a compiled step shares them."""
+    width = weight.shape[0] // len(parts)
+    downs = torch.cat([f[0] for f in factors if f is not None])
+    ups = torch.block_diag(*(weight.new_zeros(width, 0) if f is None else f[1] for f in factors))
+    delta = (ups @ downs).to(weight.dtype)
+    norms = functional.dora_norm(weight + delta).unflatten(0, (len(parts), width))
+    ones = norms.new_ones(width)
+    return torch.stack(
+        [
+            ones if part is None else part.dora_magnitude / (norm.detach() if part.detach_norm else norm)
+            for part, norm in zip(parts, norms, strict=True)
+        ]
+    )

@@ -163,10 +163,11 @@ def shared_up_linear(
 
 class BlockDiagonalUpFunction(torch.autograd.Function):
     """``out + hidden · blockdiag(up_1, …, up_B)ᵀ`` (one ``addmm``), ``out`` ``(N, B·w)``, ``hidden`` ``(N, Σr)``,
-    ``up_i`` ``(w, r_i)``. With ``per_block`` backward computes each ``up_i``'s gradient as its own ``w×r_i`` GEMM in
+    ``up_i`` ``(w, r_i)``. With ``per_block`` backward computes each ``up_i``'s gradient ``grad_iᵀ hidden_i`` in
     ``up_i``'s memory layout, for ups that are parameters (or views of them): through ``torch.block_diag`` autograd
-    would hand out strided slices of one ``(B·w, Σr)`` product that gradient accumulation then copies again. Without
-    it (ups computed from other parameters, whose backward takes any strides) one GEMM gives all blocks."""
+    would hand out strided slices of one ``(B·w, Σr)`` product that gradient accumulation then copies again. Equal,
+    evenly spaced blocks (q and v) share one batched GEMM, others get one GEMM each. Without ``per_block`` (ups
+    computed from other parameters, whose backward takes any strides) one GEMM gives all blocks."""
 
     @staticmethod
     def forward(ctx, out: Tensor, hidden: Tensor, per_block: bool, *ups: Tensor) -> Tensor:
@@ -180,19 +181,52 @@ class BlockDiagonalUpFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         hidden, block, *ups = ctx.saved_tensors
         grad_hidden = (grad @ block).to(hidden.dtype) if ctx.needs_input_grad[1] else None
-        full = None if ctx.per_block else grad.T @ hidden.to(grad.dtype)
-        grad_ups, row, col = [], 0, 0
-        for index, up in enumerate(ups):
-            width, rank = up.shape
-            if not (ctx.needs_input_grad[3 + index] and rank > 0):
-                grad_ups.append(None)
-            elif full is not None:
-                grad_ups.append(full[row : row + width, col : col + rank].to(up.dtype))
-            else:
-                rows, cols = grad[:, row : row + width], hidden[:, col : col + rank].to(grad.dtype)
-                grad_ups.append(_product_in_layout_of(rows.T, cols, up).to(up.dtype))
-            row, col = row + width, col + rank
+        needed = [i for i, up in enumerate(ups) if ctx.needs_input_grad[3 + i] and up.shape[1] > 0]
+        rows, cols = _offsets([up.shape[0] for up in ups]), _offsets([up.shape[1] for up in ups])
+        grads: dict[int, Tensor] = {}
+        if not ctx.per_block:
+            full = grad.T @ hidden.to(grad.dtype)
+            grads = {i: full[rows[i] : rows[i + 1], cols[i] : cols[i + 1]] for i in needed}
+        elif needed:
+            grads = _up_grads_in_one_gemm(grad, hidden, ups, needed, rows, cols)
+            if grads is None:
+                grads = {
+                    i: _product_in_layout_of(
+                        grad[:, rows[i] : rows[i + 1]].T, hidden[:, cols[i] : cols[i + 1]].to(grad.dtype), ups[i]
+                    )
+                    for i in needed
+                }
+        grad_ups = [grads[i].to(up.dtype) if i in grads else None for i, up in enumerate(ups)]
         return grad, grad_hidden, None, *grad_ups
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    """Start of each of ``sizes`` laid end to end, and the end: ``[0, s0, s0 + s1, …]``."""
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    return offsets
+
+
+def _up_grads_in_one_gemm(
+    grad: Tensor, hidden: Tensor, ups: list[Tensor], needed: list[int], rows: list[int], cols: list[int]
+) -> dict[int, Tensor] | None:
+    """The gradients ``grad_iᵀ hidden_i`` of the ``needed`` ups as one batched GEMM over strided views of ``grad``
+    and ``hidden``, each in its up's row-major layout; None when the needed blocks are not equally shaped, row-major
+    and evenly spaced in both (then one GEMM per block). q and v of a fused qkv (k unadapted, its rank 0) are."""
+    width, rank = ups[needed[0]].shape
+    if not all([ups[i].shape == (width, rank) and ups[i].is_contiguous() for i in needed]):
+        return None
+    row_steps = [rows[b] - rows[a] for a, b in zip(needed, needed[1:])] or [width]
+    col_steps = [cols[b] - cols[a] for a, b in zip(needed, needed[1:])] or [rank]
+    if len(set(row_steps)) > 1 or set(col_steps) != {rank}:
+        return None
+    row_step, count, first = row_steps[0], len(needed), needed[0]
+    span = grad[:, rows[first] : rows[first] + (count - 1) * row_step + width]
+    grads = span.unfold(1, width, row_step).permute(1, 2, 0)  # (count, width, N)
+    hiddens = hidden[:, cols[first] : cols[first] + count * rank].unflatten(1, (count, rank)).transpose(0, 1)
+    products = torch.bmm(grads, hiddens.to(grad.dtype))  # (count, width, rank)
+    return dict(zip(needed, products.unbind(), strict=True))
 
 
 def _product_in_layout_of(a: Tensor, b: Tensor, like: Tensor) -> Tensor:

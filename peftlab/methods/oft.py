@@ -117,25 +117,30 @@ class OftLayer(AdapterLayer):
 
     @staticmethod
     def qkv_forward(fused: nn.Linear, parts: list[OftLayer | None], x: Tensor) -> Tensor | None:
-        """q, k, v of timm's fused qkv: the rotations of all adapted blocks from one Cayley solve, the input rotated
-        for all of them in one pass and their GEMMs as one batched GEMM; None (the generic path) when the adapted
-        blocks differ in block size."""
-        adapted = [i for i, part in enumerate(parts) if part is not None]
-        size = parts[adapted[0]].block_size
-        if any(parts[i].block_size != size for i in adapted):
+        """q, k, v of timm's fused qkv as one batched GEMM over the three blocks, each on its own rotated input: the
+        adapted blocks' rotations from one Cayley solve, an unadapted block's rotation the identity (``x I = x``
+        exactly), so that the base GEMM and its input gradient stay one kernel each, as in the frozen layer, for
+        ``N·in·b`` more FLOPs per unadapted block; None (the generic path) when the adapted blocks differ in block
+        size."""
+        adapted = [part for part in parts if part is not None]
+        size = adapted[0].block_size
+        if any(part.block_size != size for part in adapted):
             return None
-        skews = torch.stack([parts[i].oft_skew for i in adapted])  # (P, n, free)
-        blocks = rotations(skews.flatten(0, 1), size).unflatten(0, (len(adapted), -1))  # (P, n, b, b)
-        rotated = functional.rotate_input_per_block(x, blocks)  # (P, ..., in)
+        skews = torch.stack([part.oft_skew for part in adapted])  # (P, n, free)
+        blocks = iter(rotations(skews.flatten(0, 1), size).unflatten(0, (len(adapted), -1)))  # (P, n, b, b)
+        identity = torch.eye(size, dtype=skews.dtype, device=skews.device).expand(skews.shape[1], size, size)
+        rotated = functional.rotate_input_per_block(
+            x, torch.stack([identity if part is None else next(blocks) for part in parts])
+        )  # (3, ..., in)
         width = fused.weight.shape[0] // len(parts)
-        weights = fused.weight.unflatten(0, (len(parts), width))  # (3, width, in)
-        products = iter(torch.bmm(rotated.flatten(1, -2), weights[adapted].transpose(1, 2).to(rotated.dtype)))
-        outputs = [
-            F.linear(x, weights[i]) if part is None else next(products).view(*x.shape[:-1], width)
-            for i, part in enumerate(parts)
-        ]
-        out = torch.cat(outputs, dim=-1)
-        return out if fused.bias is None else out + fused.bias.to(out.dtype)
+        weights = fused.weight.unflatten(0, (len(parts), width)).transpose(1, 2)  # (3, in, width)
+        rows = rotated.flatten(1, -2)
+        if fused.bias is None:
+            products = torch.bmm(rows, weights.to(rows.dtype))  # (3, N, width)
+        else:
+            biases = fused.bias.view(len(parts), 1, width).to(rows.dtype)
+            products = torch.baddbmm(biases, rows, weights.to(rows.dtype))
+        return torch.cat(products.unbind(), dim=-1).view(*x.shape[:-1], fused.weight.shape[0])
 
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}, num_blocks={self.oft_skew.shape[0]}"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -18,8 +19,13 @@ from tests.helpers import ATOL, RTOL, images, load_experiment, perturb, tiny_vit
 #: the methods whose training step runs a fused path: a kernel of ``peftlab.methods.fused``, a custom autograd
 #: function, or a GEMM with its element-wise neighbours folded in (ARC's residual and bias in the accumulator)
 FUSED_METHODS = ["ssf", "rlrr", "hta", "aoft", "oft", "lora", "dora", "arc", "fact_tt"]
-#: dropout draws different masks compiled (Inductor's own RNG): off, so that the two steps are comparable
-NO_DROPOUT = {"fact_tt": {"dropout": 0.0}, "arc": {"dropout": 0.0}}
+
+
+def without_dropout(name: str):
+    """``name``'s method config with its dropout off: compiled, dropout draws other masks (Inductor's own RNG), so the
+    two steps are comparable only without it."""
+    config = get_method(name)
+    return config(dropout=0.0) if "dropout" in {f.name for f in dataclasses.fields(config)} else config()
 
 
 def loss_and_grads(model, x, y):
@@ -30,9 +36,11 @@ def loss_and_grads(model, x, y):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", FUSED_METHODS)
+@pytest.mark.parametrize("name", list_methods())
 def test_compiled_step_equals_eager(name):
-    eager = get_method(name)(**NO_DROPOUT.get(name, {})).apply(tiny_vit(depth=1))
+    """Every method, fused or not: one graph, no break (the precondition of ``reduce-overhead`` capturing the whole
+    step as CUDA graphs), and the eager step's outputs and gradients."""
+    eager = without_dropout(name).apply(tiny_vit(depth=1))
     perturb(eager)
     eager.train()
     compiled = copy.deepcopy(eager)
@@ -67,7 +75,7 @@ def test_unknown_compile_mode_is_one_clear_error():
 def test_cuda_graphs_step_equals_eager_on_cuda(name):
     """``trainer.compile=reduce-overhead``: the step replays as CUDA graphs (after its recording steps) and still
     computes the eager step's outputs and gradients."""
-    eager = get_method(name)(**NO_DROPOUT.get(name, {})).apply(tiny_vit(depth=1))
+    eager = without_dropout(name).apply(tiny_vit(depth=1))
     perturb(eager)
     eager = eager.train().cuda()
     compiled = copy.deepcopy(eager)
@@ -110,7 +118,7 @@ def test_cuda_graphs_launch_a_step_in_at_most_one_and_a_half_times_the_frozen_st
     """The dispatch target (host-side cost per step ≤ 1.5× the frozen step's) with ``trainer.compile=reduce-overhead``.
     Fails when a method's graph is not captured (a graph break, or cudagraphs skipped: a CPU tensor, a mutated input),
     as every kernel is then launched from the host again."""
-    model = get_method(name)(**NO_DROPOUT.get(name, {})).apply(tiny_vit(depth=1))
+    model = without_dropout(name).apply(tiny_vit(depth=1))
     model = model.train().cuda()
     compile_in_place(model, "reduce-overhead")
     launches = replay_launches(model, images(4, seed=3).cuda(), torch.tensor([0, 1, 2, 3]).cuda())

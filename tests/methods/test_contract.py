@@ -152,3 +152,47 @@ def test_gradients_arrive_in_each_parameters_layout(name):
             )
     model(images()).square().mean().backward()
     assert not strided, f"{name}: gradients that gradient accumulation must copy: {strided}"
+
+
+def fused_qkv_layers(model) -> list:
+    """The fused-qkv wrappers of ``model`` whose adapted parts run their class's own one-GEMM ``qkv_forward``."""
+    found = []
+    for module in model.modules():
+        parts = [p for p in getattr(module, "parts", {}).values() if isinstance(p, AdapterLayer)]
+        if parts and len({type(p) for p in parts}) == 1 and hasattr(type(parts[0]), "qkv_forward"):
+            found.append(module)
+    return found
+
+
+def without_dropout(name: str):
+    config = get_method(name)
+    return config(dropout=0.0) if "dropout" in config.__dataclass_fields__ else config()
+
+
+#: the methods whose q, k, v parts run one-GEMM paths over timm's fused qkv
+QKV_METHODS = [name for name in METHODS if fused_qkv_layers(without_dropout(name).apply(tiny_vit(depth=1)))]
+
+
+@pytest.mark.parametrize("name", QKV_METHODS)
+def test_fused_qkv_path_equals_its_parts_alone_with_gradients(name):
+    """A method's one-GEMM path over timm's fused qkv computes what each of its q, k, v parts computes on its own
+    (their own ``forward``): outputs and the gradients of every trainable tensor of the layer, in training mode."""
+    model = without_dropout(name).apply(tiny_vit())
+    perturb(model)
+    qkv = fused_qkv_layers(model.train())[0]
+    x = torch.randn(2, 5, qkv.base_layer.in_features)
+    fused = qkv(x)
+    assert fused is not None
+    alone = torch.cat([part(x) for part in qkv.parts.values()], dim=-1)
+    torch.testing.assert_close(fused, alone, atol=ATOL, rtol=RTOL)
+    params = [p for p in qkv.parameters() if p.requires_grad]
+    if hasattr(model, SHARED):
+        params += [p for p in getattr(model, SHARED).parameters() if p.requires_grad]
+    weights = torch.randn_like(fused)
+    got = torch.autograd.grad((fused * weights).sum(), params, allow_unused=True)
+    expected = torch.autograd.grad((alone * weights).sum(), params, allow_unused=True)
+    for index, (g, e) in enumerate(zip(got, expected, strict=True)):
+        if e is None:
+            assert g is None or not g.any(), f"parameter {index}: gradient only on the fused path"
+        else:
+            torch.testing.assert_close(g, e, atol=ATOL, rtol=RTOL, msg=f"parameter {index}")

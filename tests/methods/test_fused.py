@@ -113,11 +113,13 @@ def test_low_rank_linear_with_diagonal_equals_the_formula(dim_in, dim_out, autoc
 
 
 @autocast_cases()
+@pytest.mark.parametrize("v_rank", [2, 3], ids=["equal-ranks", "unequal-ranks"])
 @pytest.mark.parametrize("ups_are_parameters", [True, False], ids=["per-block", "one-gemm"])
-def test_qkv_low_rank_equals_per_block_updates(autocast, ups_are_parameters):
+def test_qkv_low_rank_equals_per_block_updates(autocast, ups_are_parameters, v_rank):
     dim, rank = 5, 2
     x, weight, bias = randn(2, 3, dim), randn(3 * dim, dim, seed=1), randn(3 * dim, seed=2)
-    q_down, q_up, v_down, v_up, v_diag = randn(rank, dim), randn(dim, rank), randn(3, dim), randn(dim, 3), randn(dim)
+    q_down, q_up, v_diag = randn(rank, dim), randn(dim, rank), randn(dim)
+    v_down, v_up = randn(v_rank, dim, seed=3), randn(dim, v_rank, seed=4)
 
     def fast(x, q_down, q_up, v_down, v_up, v_diag):
         factors = [(q_down, q_up, None), None, (v_down, v_up, v_diag)]
@@ -129,6 +131,28 @@ def test_qkv_low_rank_equals_per_block_updates(autocast, ups_are_parameters):
         return F.linear(x, torch.cat(rows), bias)
 
     assert_same(fast, plain, [x, q_down, q_up, v_down, v_up, v_diag], autocast)
+
+
+@pytest.mark.parametrize("adapted", [(0, 2), (1, 2), (0, 1), (0, 1, 2), (1,)], ids=str)
+def test_qkv_up_gradients_of_equal_blocks_are_one_gemm_in_each_ups_layout(adapted):
+    """Equally shaped ups of evenly spaced blocks (q and v of LoRA and DoRA) get their gradients from one batched GEMM
+    over strided views; each equals its own ``grad_iᵀ hidden_i`` and is row-major like its parameter."""
+    dim, rank = 5, 2
+    ups = [randn(dim, rank, seed=i) if i in adapted else torch.zeros(dim, 0) for i in range(3)]
+    grad, hidden = randn(7, 3 * dim, seed=5), randn(7, rank * len(adapted), seed=6)
+    rows, cols = fused._offsets([dim] * 3), fused._offsets([up.shape[1] for up in ups])
+    grads = fused._up_grads_in_one_gemm(grad, hidden, ups, list(adapted), rows, cols)
+    assert grads is not None and sorted(grads) == list(adapted)
+    for i in adapted:
+        expected = grad[:, rows[i] : rows[i + 1]].T @ hidden[:, cols[i] : cols[i + 1]]
+        torch.testing.assert_close(grads[i], expected, atol=ATOL, rtol=RTOL)
+        assert grads[i].stride() == ups[i].stride()
+
+
+def test_qkv_up_gradients_of_unequal_blocks_fall_back_to_one_gemm_each():
+    ups = [randn(5, 2), torch.zeros(5, 0), randn(5, 3, seed=1)]
+    rows, cols = fused._offsets([5, 5, 5]), fused._offsets([2, 0, 3])
+    assert fused._up_grads_in_one_gemm(randn(4, 15), randn(4, 5), ups, [0, 2], rows, cols) is None
 
 
 @pytest.mark.parametrize("dim_in, dim_out, rank, normalize", [(6, 6, 1, False), (6, 4, 0, True), (4, 7, 2, False)])
