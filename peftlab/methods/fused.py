@@ -217,8 +217,8 @@ def _up_grads_in_one_gemm(
     width, rank = ups[needed[0]].shape
     if not all([ups[i].shape == (width, rank) and ups[i].is_contiguous() for i in needed]):
         return None
-    row_steps = [rows[b] - rows[a] for a, b in zip(needed, needed[1:])] or [width]
-    col_steps = [cols[b] - cols[a] for a, b in zip(needed, needed[1:])] or [rank]
+    row_steps = [rows[b] - rows[a] for a, b in zip(needed[:-1], needed[1:], strict=True)] or [width]
+    col_steps = [cols[b] - cols[a] for a, b in zip(needed[:-1], needed[1:], strict=True)] or [rank]
     if len(set(row_steps)) > 1 or set(col_steps) != {rank}:
         return None
     row_step, count, first = row_steps[0], len(needed), needed[0]
