@@ -248,10 +248,14 @@ def rotate_input(x: Tensor, rotation: Tensor) -> Tensor:
 
 def rotate_input_per_block(x: Tensor, rotations: Tensor) -> Tensor:
     """:func:`rotate_input` for ``P`` rotations at once: ``rotations`` ``(P, n, b, b)``, returns ``(P, *x.shape)``
-    with ``x R_p`` in row ``p`` (the q and v blocks of a fused qkv, each with its own OFT rotation)."""
-    _, blocks, size, _ = rotations.shape
-    rotated = torch.einsum("...nc,pncb->p...nb", x.unflatten(-1, (blocks, size)), rotations.to(x.dtype))
-    return rotated.flatten(-2)
+    with ``x R_p`` in row ``p`` (the q, k and v blocks of a fused qkv, each with its own OFT rotation). One batched
+    GEMM over the ``P·n`` blocks, each rotation in the layout the Cayley solve gives it (and its gradient in the
+    layout the solve's backward takes), on ``x`` laid out once per part."""
+    parts, blocks, size, _ = rotations.shape
+    per_block = x.reshape(-1, blocks, size).transpose(0, 1)  # (n, N, b)
+    per_block = per_block.unsqueeze(0).expand(parts, -1, -1, -1).reshape(parts * blocks, -1, size)
+    rotated = torch.bmm(per_block, rotations.reshape(parts * blocks, size, size).to(x.dtype))  # (P·n, N, b)
+    return rotated.unflatten(0, (parts, blocks)).transpose(1, 2).reshape(parts, *x.shape)
 
 
 # --- Baselines: bottleneck adapters, VPT, FacT, ARC ------------------------------------------------------------------

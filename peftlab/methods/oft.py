@@ -126,12 +126,10 @@ class OftLayer(AdapterLayer):
         size = adapted[0].block_size
         if any(part.block_size != size for part in adapted):
             return None
-        skews = torch.stack([part.oft_skew for part in adapted])  # (P, n, free)
-        blocks = iter(rotations(skews.flatten(0, 1), size).unflatten(0, (len(adapted), -1)))  # (P, n, b, b)
-        identity = torch.eye(size, dtype=skews.dtype, device=skews.device).expand(skews.shape[1], size, size)
-        rotated = functional.rotate_input_per_block(
-            x, torch.stack([identity if part is None else next(blocks) for part in parts])
-        )  # (3, ..., in)
+        zeros = torch.zeros_like(adapted[0].oft_skew)
+        skews = torch.stack([zeros if part is None else part.oft_skew for part in parts])  # (3, n, free)
+        blocks = rotations(skews.flatten(0, 1), size).unflatten(0, (len(parts), -1))  # (3, n, b, b); Cayley(0) = I
+        rotated = functional.rotate_input_per_block(x, blocks)  # (3, ..., in)
         width = fused.weight.shape[0] // len(parts)
         weights = fused.weight.unflatten(0, (len(parts), width)).transpose(1, 2)  # (3, in, width)
         rows = rotated.flatten(1, -2)
