@@ -117,8 +117,8 @@ class OftLayer(AdapterLayer):
 
     @staticmethod
     def qkv_forward(fused: nn.Linear, parts: list[OftLayer | None], x: Tensor) -> Tensor | None:
-        """q, k, v of timm's fused qkv as one batched GEMM over the three blocks, each on its own rotated input: the
-        adapted blocks' rotations from one Cayley solve, an unadapted block's rotation the identity (``x I = x``
+        """q, k, v of timm's fused qkv as one batched GEMM over the three blocks, each on its own rotated input: every
+        block's rotation from one Cayley solve, an unadapted block's skew 0 (``Cayley(0) = I`` and ``x I = x``
         exactly), so that the base GEMM and its input gradient stay one kernel each, as in the frozen layer, for
         ``N·in·b`` more FLOPs per unadapted block; None (the generic path) when the adapted blocks differ in block
         size."""
