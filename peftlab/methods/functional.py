@@ -248,9 +248,9 @@ def rotate_input(x: Tensor, rotation: Tensor) -> Tensor:
 
 def rotate_input_per_block(x: Tensor, rotations: Tensor) -> Tensor:
     """:func:`rotate_input` for ``P`` rotations at once: ``rotations`` ``(P, n, b, b)``, returns ``(P, *x.shape)``
-    with ``x R_p`` in row ``p`` (the q, k and v blocks of a fused qkv, each with its own OFT rotation). One batched
+    with ``x R_p`` in row ``p`` (the adapted blocks of a fused qkv, each with its own OFT rotation). One batched
     GEMM over the ``P·n`` blocks, each rotation in the layout the Cayley solve gives it (and its gradient in the
-    layout the solve's backward takes), on ``x`` laid out once per part."""
+    layout the solve's backward takes), on ``x`` laid out once per rotation."""
     parts, blocks, size, _ = rotations.shape
     per_block = x.reshape(-1, blocks, size).transpose(0, 1)  # (n, N, b)
     per_block = per_block.unsqueeze(0).expand(parts, -1, -1, -1).reshape(parts * blocks, -1, size)

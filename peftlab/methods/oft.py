@@ -117,22 +117,23 @@ class OftLayer(AdapterLayer):
 
     @staticmethod
     def qkv_forward(fused: nn.Linear, parts: list[OftLayer | None], x: Tensor) -> Tensor | None:
-        """q, k, v of timm's fused qkv as one batched GEMM over the three blocks, each on its own rotated input: every
-        block's rotation from one Cayley solve, an unadapted block's skew 0 (``Cayley(0) = I`` and ``x I = x``
-        exactly), so that the base GEMM and its input gradient stay one kernel each, as in the frozen layer, for
-        ``N·in·b`` more FLOPs per unadapted block; None (the generic path) when the adapted blocks differ in block
-        size."""
+        """q, k, v of timm's fused qkv as one batched GEMM over the three blocks, each on its own input: ``x R`` for an
+        adapted block (every rotation from one Cayley solve, applied in one batched GEMM), ``x`` for an unadapted
+        one, stacked in the pass that lays the rotated inputs out for the GEMM anyway. The base GEMM and its input
+        gradient stay one kernel each, as in the frozen layer. None (the generic path) when the adapted blocks
+        differ in block size."""
         adapted = [part for part in parts if part is not None]
         size = adapted[0].block_size
         if any(part.block_size != size for part in adapted):
             return None
-        zeros = torch.zeros_like(adapted[0].oft_skew)
-        skews = torch.stack([zeros if part is None else part.oft_skew for part in parts])  # (3, n, free)
-        blocks = rotations(skews.flatten(0, 1), size).unflatten(0, (len(parts), -1))  # (3, n, b, b); Cayley(0) = I
-        rotated = functional.rotate_input_per_block(x, blocks)  # (3, ..., in)
+        skews = torch.stack([part.oft_skew for part in adapted])  # (P, n, free)
+        blocks = rotations(skews.flatten(0, 1), size).unflatten(0, (len(adapted), -1))  # (P, n, b, b)
+        rotated = functional.rotate_input_per_block(x, blocks)  # (P, ..., in)
+        unrotated, rotated = x.to(rotated.dtype), iter(rotated)
+        inputs = torch.stack([unrotated if part is None else next(rotated) for part in parts])  # (3, ..., in)
         width = fused.weight.shape[0] // len(parts)
         weights = fused.weight.unflatten(0, (len(parts), width)).transpose(1, 2)  # (3, in, width)
-        rows = rotated.flatten(1, -2)
+        rows = inputs.flatten(1, -2)
         if fused.bias is None:
             products = torch.bmm(rows, weights.to(rows.dtype))  # (3, N, width)
         else:
