@@ -114,6 +114,39 @@ def with_qv_weights(
     return reference
 
 
+def without_dropout(name: str):
+    """Method ``name``'s default config with its dropout off, for comparisons that two dropout draws would spoil (a
+    compiled step draws other masks than the eager one; the fused and per-part paths draw theirs in other orders)."""
+    from peftlab.methods import get_method
+
+    config = get_method(name)
+    return config(dropout=0.0) if "dropout" in config.__dataclass_fields__ else config()
+
+
+def assert_fused_qkv_equals_parts(model: nn.Module, qkv: nn.Module) -> None:
+    """``qkv`` (a fused-qkv wrapper of ``model``) on its one-GEMM path computes what each of its q, k, v parts computes
+    on its own (their own ``forward``): outputs, and the gradients of the layer's and the method's shared trainable
+    tensors."""
+    from peftlab.methods.layers import SHARED
+
+    x = torch.randn(2, 5, qkv.base_layer.in_features)
+    fused = qkv._qkv_forward(x)
+    assert fused is not None, "the one-GEMM qkv path declined (the parts ran on their own)"
+    alone = torch.cat([part(x) for part in qkv.parts.values()], dim=-1)
+    torch.testing.assert_close(fused, alone, atol=ATOL, rtol=RTOL)
+    params = [p for p in qkv.parameters() if p.requires_grad]
+    if hasattr(model, SHARED):
+        params += [p for p in getattr(model, SHARED).parameters() if p.requires_grad]
+    weights = torch.randn_like(fused)
+    got = torch.autograd.grad((fused * weights).sum(), params, allow_unused=True)
+    expected = torch.autograd.grad((alone * weights).sum(), params, allow_unused=True)
+    for index, (g, e) in enumerate(zip(got, expected, strict=True)):
+        if e is None:
+            assert g is None or not g.any(), f"parameter {index}: gradient only on the fused path"
+        else:
+            torch.testing.assert_close(g, e, atol=ATOL, rtol=RTOL, msg=f"parameter {index}")
+
+
 @torch.no_grad()
 def assert_train_dropout(model: nn.Module) -> None:
     """In eval mode two forwards agree exactly; in train mode, with different dropout masks, they differ."""

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -14,18 +13,11 @@ from torch._dynamo.utils import counters
 from peftlab.build import compile_in_place, compile_mode
 from peftlab.methods import get_method, list_methods
 from peftlab.options import ConfigError
-from tests.helpers import ATOL, RTOL, images, load_experiment, perturb, tiny_vit
+from tests.helpers import ATOL, RTOL, images, load_experiment, perturb, tiny_vit, without_dropout
 
 #: the methods whose training step runs a fused path: a kernel of ``peftlab.methods.fused``, a custom autograd
 #: function, or a GEMM with its element-wise neighbours folded in (ARC's residual and bias in the accumulator)
 FUSED_METHODS = ["ssf", "rlrr", "hta", "aoft", "oft", "lora", "dora", "arc", "fact_tt"]
-
-
-def without_dropout(name: str):
-    """``name``'s method config with its dropout off: compiled, dropout draws other masks (Inductor's own RNG), so the
-    two steps are comparable only without it."""
-    config = get_method(name)
-    return config(dropout=0.0) if "dropout" in {f.name for f in dataclasses.fields(config)} else config()
 
 
 def loss_and_grads(model, x, y):

@@ -11,7 +11,7 @@ from peftlab.methods import NotMergeableError, get_method, list_methods
 from peftlab.methods.inject import head_parameters, merge_and_unload, top_level_adapters
 from peftlab.methods.layers import SHARED, AdapterLayer
 from peftlab.methods.state import load_trainable_state_dict, trainable_state_dict
-from tests.helpers import ATOL, RTOL, images, perturb, tiny_vit
+from tests.helpers import ATOL, RTOL, assert_fused_qkv_equals_parts, images, perturb, tiny_vit, without_dropout
 
 METHODS = list_methods()
 
@@ -164,11 +164,6 @@ def fused_qkv_layers(model) -> list:
     return found
 
 
-def without_dropout(name: str):
-    config = get_method(name)
-    return config(dropout=0.0) if "dropout" in config.__dataclass_fields__ else config()
-
-
 #: the methods whose q, k, v parts run one-GEMM paths over timm's fused qkv
 QKV_METHODS = [name for name in METHODS if fused_qkv_layers(without_dropout(name).apply(tiny_vit(depth=1)))]
 
@@ -179,20 +174,4 @@ def test_fused_qkv_path_equals_its_parts_alone_with_gradients(name):
     (their own ``forward``): outputs and the gradients of every trainable tensor of the layer, in training mode."""
     model = without_dropout(name).apply(tiny_vit())
     perturb(model)
-    qkv = fused_qkv_layers(model.train())[0]
-    x = torch.randn(2, 5, qkv.base_layer.in_features)
-    fused = qkv(x)
-    assert fused is not None
-    alone = torch.cat([part(x) for part in qkv.parts.values()], dim=-1)
-    torch.testing.assert_close(fused, alone, atol=ATOL, rtol=RTOL)
-    params = [p for p in qkv.parameters() if p.requires_grad]
-    if hasattr(model, SHARED):
-        params += [p for p in getattr(model, SHARED).parameters() if p.requires_grad]
-    weights = torch.randn_like(fused)
-    got = torch.autograd.grad((fused * weights).sum(), params, allow_unused=True)
-    expected = torch.autograd.grad((alone * weights).sum(), params, allow_unused=True)
-    for index, (g, e) in enumerate(zip(got, expected, strict=True)):
-        if e is None:
-            assert g is None or not g.any(), f"parameter {index}: gradient only on the fused path"
-        else:
-            torch.testing.assert_close(g, e, atol=ATOL, rtol=RTOL, msg=f"parameter {index}")
+    assert_fused_qkv_equals_parts(model, fused_qkv_layers(model.train())[0])

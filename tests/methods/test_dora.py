@@ -12,6 +12,7 @@ from tests.helpers import (
     ATOL,
     HEAD_100,
     RTOL,
+    assert_fused_qkv_equals_parts,
     assert_invalid,
     count_on,
     images,
@@ -70,25 +71,13 @@ def test_detached_norm_changes_gradients_not_outputs():
     assert not torch.allclose(grads[0][1], grads[1][1])
 
 
-@pytest.mark.parametrize("detach_norm", [True, False])
-def test_fused_qkv_path_equals_each_part_on_its_own_with_gradients(detach_norm):
+def test_fused_qkv_path_equals_each_part_on_its_own_with_the_norm_not_detached():
     """The one-GEMM qkv path (every block's ΔW and norm at once) computes what each DoRA part computes alone (Eq. 5 per
-    weight, :meth:`DoraLayer.forward`), outputs and every gradient, with the norm detached or not."""
-    model = DoraConfig(rank=4, alpha=6.0, detach_norm=detach_norm).apply(tiny_vit())
+    weight, :meth:`DoraLayer.forward`), outputs and every gradient, also when the norm's gradient flows (the default,
+    detached, is in the contract battery's ``test_fused_qkv_path_equals_its_parts_alone_with_gradients``)."""
+    model = DoraConfig(rank=4, alpha=6.0, detach_norm=False).apply(tiny_vit())
     perturb(model)
-    qkv = model.blocks[0].attn.qkv
-    x = torch.randn(2, 5, qkv.base_layer.in_features)
-    params = [p for p in qkv.parameters() if p.requires_grad]
-    fused = qkv(x)
-    alone = torch.cat([part(x) for part in qkv.parts.values()], dim=-1)
-    torch.testing.assert_close(fused, alone, atol=ATOL, rtol=RTOL)
-    weights = torch.randn_like(fused)
-    for got, expected in zip(
-        torch.autograd.grad((fused * weights).sum(), params),
-        torch.autograd.grad((alone * weights).sum(), params),
-        strict=True,
-    ):
-        torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+    assert_fused_qkv_equals_parts(model, model.blocks[0].attn.qkv)
 
 
 @pytest.mark.parametrize(
