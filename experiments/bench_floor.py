@@ -151,11 +151,6 @@ def launch_calls(names: Any) -> Counter[str]:
     return Counter(name for name in names if name.startswith(LAUNCH_CALLS))
 
 
-def count_launches(names: Any) -> int:
-    """How many of the profiler event ``names`` are launch calls (:data:`LAUNCH_CALLS`)."""
-    return sum(launch_calls(names).values())
-
-
 def _is_kernel(event: Any) -> bool:
     if "cpp_fused" in event.name or event.name.startswith("triton_"):
         return True

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from peftlab.conf import JOBS_PER_DEVICE_ENV
 from peftlab.data.images import decode_resized_uint8, normalize_uint8
 from peftlab.data.sampling import ResumablePass, loader_seed, rank_and_world
 from peftlab.data.splits import LabeledImages
@@ -47,8 +48,6 @@ def resolve_cache_max_gb(value: float | str, device: torch.device, jobs: int | N
     if device.type != "cuda":
         return CPU_CACHE_MAX_GB
     if jobs is None:
-        from peftlab.conf import JOBS_PER_DEVICE_ENV
-
         jobs = int(os.environ.get(JOBS_PER_DEVICE_ENV) or 1)
     gpu = torch.cuda.get_device_properties(device).total_memory * GPU_CACHE_SHARE
     return min(gpu, host_memory_bytes() * HOST_CACHE_SHARE) / max(1, jobs) / 1e9
