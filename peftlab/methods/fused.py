@@ -215,6 +215,7 @@ def _up_grads_in_one_gemm(
     and ``hidden``, each in its up's row-major layout; None when the needed blocks are not equally shaped, row-major
     and evenly spaced in both (then one GEMM per block). q and v of a fused qkv (k unadapted, its rank 0) are."""
     width, rank = ups[needed[0]].shape
+    # a list, not a generator: Dynamo fails to trace a generator in this backward and the compiled step breaks
     if not all([ups[i].shape == (width, rank) and ups[i].is_contiguous() for i in needed]):
         return None
     row_steps = [rows[b] - rows[a] for a, b in zip(needed[:-1], needed[1:], strict=True)] or [width]
